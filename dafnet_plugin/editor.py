@@ -1,0 +1,246 @@
+"""DAFNet state on a causal LM: hooks on the edited modules, gradient signals, ΔW, memory, restore.
+
+The edited model keeps its weights untouched; each edited module's forward adds ``input @ ΔW``.
+Gradient signals come from the same model with those additions switched off, so there is no
+second copy of the model.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .hparams import DAFNetHyperParams
+from .network import DAFNetNetwork, NetworkConfig
+
+
+@dataclass
+class EditBatch:
+    """k edits tokenised for the model: labels are -100 except on the target tokens."""
+    input_ids: torch.Tensor       # (k, T)
+    attention_mask: torch.Tensor  # (k, T)
+    labels: torch.Tensor          # (k, T)
+
+    def to(self, device: torch.device | str) -> "EditBatch":
+        return EditBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+def tokenize_edits(tok, prompts: Sequence[str], targets: Sequence[str], max_length: int = 128) -> EditBatch:
+    """Tokenise ``prompt + " " + target`` (EasyEdit's convention), right-padded, loss on the target."""
+    rows, labels = [], []
+    for prompt, target in zip(prompts, targets):
+        full = tok(f"{prompt} {target}", truncation=True, max_length=max_length)["input_ids"]
+        n_prompt = min(len(tok(prompt)["input_ids"]), len(full) - 1)
+        rows.append(full)
+        labels.append([-100] * n_prompt + full[n_prompt:])
+    width = max(map(len, rows))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    return EditBatch(
+        torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+        torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        torch.tensor([l + [-100] * (width - len(l)) for l in labels]),
+    )
+
+
+def per_edit_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean NLL of each row's labelled tokens, (k,). Per-edit means keep an edit's gradient
+    independent of the other edits in the batch."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != -100
+    nll = F.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def _shape(module: nn.Module) -> tuple[int, int]:
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D":  # GPT-2 stores its weight as (d_in, d_out)
+        return tuple(module.weight.shape)
+    raise TypeError(f"DAFNet edits nn.Linear or GPT-2 Conv1D modules, not {type(module).__name__}")
+
+
+class DAFNetEditor(nn.Module):
+    """DAFNet attached to one model. Its own parameters are the networks and the per-module edit
+    learning rates; the model is referenced, never registered, so it is not in ``state_dict``."""
+
+    def __init__(self, model: nn.Module, module_names: Sequence[str], cfg: NetworkConfig,
+                 init_edit_lr: float = 1e-4, memory_limit: int = 0) -> None:
+        super().__init__()
+        self.__dict__["model"] = model
+        named = dict(model.named_modules())
+        missing = [n for n in module_names if n not in named]
+        if missing:
+            raise KeyError(f"modules not found in {type(model).__name__}: {missing}")
+        self.module_names = list(module_names)
+        self.edited = {n: named[n] for n in self.module_names}
+        self.memory_limit = memory_limit  # 0 keeps every past edit, as the authors do
+        groups: dict[tuple[int, int], list[str]] = {}
+        for name in self.module_names:
+            groups.setdefault(_shape(self.edited[name]), []).append(name)
+        self.networks = nn.ModuleDict({f"{i}x{o}": DAFNetNetwork(i, o, cfg, len(names))
+                                       for (i, o), names in groups.items()})
+        self.route = {name: (f"{i}x{o}", mode) for (i, o), names in groups.items()
+                      for mode, name in enumerate(names)}
+        self.edit_lrs = nn.Parameter(torch.full((len(self.module_names),), float(init_edit_lr)))
+        device = next(model.parameters()).device
+        self.to(device)
+        self.deltas: dict[str, torch.Tensor | None] = {}
+        self.memory: dict[str, list[torch.Tensor]] = {}
+        self.n_edits = 0
+        self.reset()
+        self._apply_deltas = True
+        self._captured: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._hooks = [self.edited[n].register_forward_hook(self._make_hook(n)) for n in self.module_names]
+
+    # ----- hooks -------------------------------------------------------------------------
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if self._captured is not None:
+                self._captured[name] = (args[0].detach(), output)
+            delta = self.deltas[name]
+            if self._apply_deltas and delta is not None:
+                return output + args[0] @ delta.to(args[0].dtype)
+            return None
+        return hook
+
+    def remove(self) -> None:
+        """Detach from the model: no hook stays behind."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    @contextmanager
+    def deltas_off(self) -> Iterator[None]:
+        """The unedited model, without a copy of it."""
+        previous, self._apply_deltas = self._apply_deltas, False
+        try:
+            yield
+        finally:
+            self._apply_deltas = previous
+
+    # ----- state -------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every edit: ΔW and the memory of past edits."""
+        for name in self.module_names:
+            net = self.networks[self.route[name][0]]
+            self.deltas[name] = None
+            self.memory[name] = net.empty_memory(self.edit_lrs.device)
+        self.n_edits = 0
+
+    def snapshot(self) -> dict:
+        """The sequence state now; ΔW and memory are replaced, never changed in place, so
+        references suffice."""
+        return {"deltas": dict(self.deltas), "memory": {n: list(m) for n, m in self.memory.items()},
+                "n_edits": self.n_edits}
+
+    def restore(self, snap: dict) -> None:
+        self.deltas = dict(snap["deltas"])
+        self.memory = {n: list(m) for n, m in snap["memory"].items()}
+        self.n_edits = snap["n_edits"]
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        """Fold ΔW into the model's weights and clear it; the memory of past edits stays, so
+        later edits still attend to them."""
+        for name, module in self.edited.items():
+            delta = self.deltas[name]
+            if delta is None:
+                continue
+            module.weight += (delta.T if isinstance(module, nn.Linear) else delta).to(module.weight.dtype)
+            self.deltas[name] = None
+
+    # ----- editing -----------------------------------------------------------------------
+    def gradient_signals(self, batch: EditBatch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per module: token rows [u, δ] (N, D) in float32 of the unedited model and each row's edit
+        index (N,). Rows where u or δ is all zero carry no signal and are dropped."""
+        batch = batch.to(self.edit_lrs.device)
+        weights = [m.weight for m in self.edited.values()]
+        flags = [w.requires_grad for w in weights]
+        self._captured = {}
+        try:
+            with torch.enable_grad(), self.deltas_off():
+                for w in weights:  # makes every edited module's output part of the graph
+                    w.requires_grad_(True)
+                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                # fp16 gradients of small losses underflow to zero; scale up, then back down
+                scale = 1024.0 if logits.dtype == torch.float16 else 1.0
+                loss = per_edit_nll(logits, batch.labels).sum() * scale
+                names = list(self._captured)
+                grads = torch.autograd.grad(loss, [self._captured[n][1] for n in names])
+        finally:
+            for w, f in zip(weights, flags):
+                w.requires_grad_(f)
+            captured, self._captured = self._captured, None
+        keep = batch.attention_mask.bool().flatten()
+        edit_of_row = torch.arange(batch.input_ids.shape[0], device=keep.device).repeat_interleave(batch.input_ids.shape[1])
+        signals = {}
+        for name, grad in zip(names, grads):
+            u = captured[name][0].flatten(0, -2).float()
+            d = grad.flatten(0, -2).float() / scale
+            rows = keep & (u != 0).any(-1) & (d != 0).any(-1)
+            signals[name] = (torch.cat([u[rows], d[rows]], -1), edit_of_row[rows])
+        return signals
+
+    def edit(self, batch: EditBatch, detach_past: bool = True) -> None:
+        """Add the k edits of ``batch`` to the running sequence, in order (causally)."""
+        signals = self.gradient_signals(batch)
+        k = batch.input_ids.shape[0]
+        for index, name in enumerate(self.module_names):
+            key, mode = self.route[name]
+            x, edit_index = signals[name]
+            update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name])
+            step = self.edit_lrs[index] * update
+            past = self.deltas[name]
+            if past is not None:
+                step = gamma * (past.detach() if detach_past else past) + step
+            self.deltas[name] = step
+            self.memory[name] = [self._capped(torch.cat([m, v], 0)) for m, v in zip(self.memory[name], vectors)]
+        self.n_edits += k
+
+    def _capped(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory[-self.memory_limit:] if self.memory_limit else memory
+
+    # ----- archives ----------------------------------------------------------------------
+    def load_archive(self, path: str) -> None:
+        """Load trained weights (``torch.load(weights_only=True)``); shapes must fit this config."""
+        state = torch.load(path, map_location=self.edit_lrs.device, weights_only=True)
+        state = state.get("editor", state)
+        own = self.state_dict()
+        problems = [f"missing {k}" for k in own if k not in state]
+        problems += [f"unexpected {k}" for k in state if k not in own]
+        problems += [f"{k}: archive {tuple(v.shape)} vs config {tuple(own[k].shape)}"
+                     for k, v in state.items() if k in own and v.shape != own[k].shape]
+        if problems:
+            raise ValueError(f"archive {path} does not fit this DAFNet config: " + "; ".join(problems[:8]))
+        self.load_state_dict(state)
+
+
+def attach(model: nn.Module, hparams: DAFNetHyperParams) -> DAFNetEditor:
+    """The DAFNet editor living on ``model``, created (and its archive loaded) on first use.
+
+    It is kept in the model's ``__dict__``, not as a submodule, so the model's parameters,
+    ``state_dict`` and size stay those of the base model; a call with other hparams replaces it.
+    """
+    key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
+           hparams.memory_limit, hparams.archive)
+    editor = attached(model)
+    if editor is not None and editor.hparams_key == key:
+        return editor
+    if editor is not None:
+        editor.remove()
+    editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
+                          hparams.memory_limit).eval()
+    if hparams.archive:
+        editor.load_archive(hparams.archive)
+    editor.hparams_key = key
+    model.__dict__["_dafnet_editor"] = editor
+    return editor
+
+
+def attached(model: nn.Module) -> DAFNetEditor | None:
+    """The DAFNet editor on ``model`` (to reset, merge or inspect it), or None."""
+    return model.__dict__.get("_dafnet_editor")

@@ -1,0 +1,293 @@
+"""The adapter to EasyEdit, the only module that knows the host's quirks.
+
+It imports EasyEdit (the 2023 release on the package index, or a current checkout named by
+``EASYEDIT_ROOT`` or already on ``sys.path``) with the fewest named fixes this stack needs, and
+registers DAFNet: the apply function in ``ALG_DICT``, the trainable editor in ``ALG_TRAIN_DICT``,
+and restore for both host generations.
+"""
+from __future__ import annotations
+
+import copy as copy_module
+import functools
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import inspect
+import logging
+import os
+import sys
+import types
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .editor import DAFNetEditor, attach, tokenize_edits
+from .hparams import DAFNetHyperParams
+
+LOG = logging.getLogger(__name__)
+ALG_NAME = "DAFNet"
+
+# Imported by EasyEdit only for its multimodal editors and API-backed methods (and, in a current
+# checkout, by UnKE from a module transformers 5 removed); without them the text editors work, so
+# they are stood in for while EasyEdit imports, never afterwards.
+OPTIONAL_MODULES = ("timm", "torchvision", "av", "qwen_vl_utils", "zhipuai", "transformers.modeling_attn_mask_utils")
+# Model families the host's BaseEditor recognises by substring of the model name.
+HOST_MODEL_FAMILIES = ("t5", "gpt", "llama", "baichuan", "chatglm", "internlm", "qwen", "mistral")
+
+
+# ----- importing the host ----------------------------------------------------------------------
+def _restore_moved_transformers_helpers() -> None:
+    """transformers 5 moved two helpers out of ``modeling_utils`` and dropped a third; the host
+    imports all three from there."""
+    import transformers.modeling_utils as modeling_utils
+    import transformers.pytorch_utils as pytorch_utils
+
+    for name in ("apply_chunking_to_forward", "prune_linear_layer"):
+        if not hasattr(modeling_utils, name):
+            setattr(modeling_utils, name, getattr(pytorch_utils, name))
+    if not hasattr(modeling_utils, "find_pruneable_heads_and_indices"):
+        modeling_utils.find_pruneable_heads_and_indices = find_pruneable_heads_and_indices
+
+
+def find_pruneable_heads_and_indices(heads: list[int], n_heads: int, head_size: int,
+                                     already_pruned_heads: set[int]) -> tuple[set[int], torch.LongTensor]:
+    """Heads still to prune (renumbered past already pruned ones) and the indices of the weight
+    rows to keep; the contract of the helper transformers 5 removed."""
+    heads = set(heads) - already_pruned_heads
+    mask = torch.ones(n_heads, head_size)
+    for head in heads:
+        mask[head - sum(1 for h in already_pruned_heads if h < head)] = 0
+    return heads, torch.arange(mask.numel())[mask.view(-1).eq(1)].long()
+
+
+class _AbsentModule(types.ModuleType):
+    """Stands in for an optional package: any use of it raises ImportError naming it."""
+
+    def __getattr__(self, name: str) -> "_AbsentModule":
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _AbsentModule(f"{self.__name__}.{name}")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImportError(f"{self.__name__.split('.')[0]} is not installed; EasyEdit needs it only "
+                          f"for its multimodal or API-backed methods")
+
+
+class _AbsentFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    def __init__(self, names: set[str]) -> None:
+        self.names = names
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == n or name.startswith(n + ".") for n in self.names):
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _AbsentModule(spec.name)
+
+    def exec_module(self, module) -> None:
+        pass
+
+
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+        return False
+
+
+def import_easyeditor() -> types.ModuleType | None:
+    """EasyEdit's package, or None when it is not installed. ``EASYEDIT_ROOT`` (a checkout holding
+    ``easyeditor/``) takes precedence over the installed release."""
+    root = os.environ.get("EASYEDIT_ROOT")
+    if root:
+        if not os.path.isdir(os.path.join(root, "easyeditor")):
+            raise FileNotFoundError(f"EASYEDIT_ROOT={root} holds no easyeditor/ package")
+        if root not in sys.path:
+            sys.path.insert(0, root)
+    if "easyeditor" in sys.modules:
+        return sys.modules["easyeditor"]
+    if importlib.util.find_spec("easyeditor") is None:
+        return None
+    _restore_moved_transformers_helpers()
+    # Libraries that probe for the optional packages at import time must see the truth, so they
+    # are imported before the stand-ins exist.
+    for probe in ("datasets", "sentence_transformers", "peft"):
+        if importlib.util.find_spec(probe) is not None:
+            importlib.import_module(probe)
+    absent = {n for n in OPTIONAL_MODULES if not _importable(n)}
+    finder = _AbsentFinder(absent)
+    sys.meta_path.insert(0, finder)
+    try:
+        return importlib.import_module("easyeditor")
+    finally:
+        sys.meta_path.remove(finder)
+        for name in [m for m in sys.modules if isinstance(sys.modules[m], _AbsentModule)]:
+            del sys.modules[name]
+
+
+# ----- running the host on a CPU ---------------------------------------------------------------
+def _cpu_if_cuda(device: Any) -> Any:
+    if isinstance(device, (str, torch.device)) and str(device).startswith("cuda"):
+        return "cpu"
+    return device
+
+
+def _redirect(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if "device" in kwargs:
+            kwargs["device"] = _cpu_if_cuda(kwargs["device"])
+        return fn(*[_cpu_if_cuda(a) for a in args], **kwargs)
+    return call
+
+
+_FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "eye",
+              "linspace")
+
+
+@contextmanager
+def cuda_strings_on_cpu(factories: bool = True) -> Iterator[None]:
+    """The 2023 host writes ``f"cuda:{hparams.device}"`` throughout; without a GPU, send those
+    to the CPU. Active only around host calls: never while a model loads (``factories=False``),
+    since transformers builds its buffers with these factories then."""
+    if torch.cuda.is_available() or getattr(cuda_strings_on_cpu, "active", False):
+        yield
+        return
+    from transformers import BatchEncoding
+
+    targets = [(torch.Tensor, "to"), (torch.nn.Module, "to"), (BatchEncoding, "to")]
+    if factories:
+        targets += [(torch, name) for name in _FACTORIES]
+    saved = [(owner, name, getattr(owner, name)) for owner, name in targets]
+    saved += [(owner, "cuda", getattr(owner, "cuda")) for owner in (torch.Tensor, torch.nn.Module)]
+    cuda_strings_on_cpu.active = True
+    try:
+        for owner, name, fn in saved[:len(targets)]:
+            setattr(owner, name, _redirect(fn))
+        for owner in (torch.Tensor, torch.nn.Module):
+            setattr(owner, "cuda", lambda self, *a, **k: self)
+        yield
+    finally:
+        for owner, name, fn in saved:
+            setattr(owner, name, fn)
+        cuda_strings_on_cpu.active = False
+
+
+def _run_on_cpu(method: Callable, factories: bool = True) -> Callable:
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with cuda_strings_on_cpu(factories):
+            return method(*args, **kwargs)
+    call.__dafnet_wrapped__ = True
+    return call
+
+
+def _loading_any_model(init: Callable) -> Callable:
+    """The host picks model and tokenizer classes by substrings of the model name and refuses any
+    other name (SmolLM2, for one). Such a model is loaded with the Auto classes and handed to the
+    host as the ``(model, tokenizer)`` pair it also accepts."""
+    @functools.wraps(init)
+    def call(self, hparams, *args, **kwargs):
+        name = hparams.model_name
+        if not isinstance(name, str) or any(f in name.lower() for f in HOST_MODEL_FAMILIES):
+            return init(self, hparams, *args, **kwargs)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model = AutoModelForCausalLM.from_pretrained(name)
+        tok = AutoTokenizer.from_pretrained(name)
+        tok.pad_token_id = tok.eos_token_id
+        if hparams.alg_name not in ("ROME", "MEMIT"):
+            tok.padding_side = "left"  # as the host does for decoder-only models
+        hparams.model_name = (model, tok)
+        try:
+            init(self, hparams, *args, **kwargs)
+        finally:
+            hparams.model_name = name
+        self.model_name = name  # the host's evaluation reads the name as a string
+    call.__dafnet_wrapped__ = True
+    return call
+
+
+# ----- DAFNet as a host method -----------------------------------------------------------------
+class UndoEdit(dict):
+    """What DAFNet's apply returns as ``weights_copy`` when the host will restore.
+
+    DAFNet's edit lives beside the weights (ΔW and the memory of past edits), so copying weights
+    back cannot undo it. The current host calls ``weights_copy()`` for the methods in
+    ``CALLABLE_RESTORE_ALGS``; the 2023 host iterates ``weights_copy.items()``. Either gives back
+    the state from before this edit; as a mapping it is empty, so no weight is written.
+    """
+
+    def __init__(self, editor: DAFNetEditor, state: dict) -> None:
+        super().__init__()
+        self._undo = functools.partial(editor.restore, state)
+
+    def __call__(self) -> None:
+        self._undo()
+
+    def items(self):
+        self._undo()
+        return super().items()
+
+
+def apply_dafnet_to_model(model, tok, requests: list[dict], hparams: DAFNetHyperParams, copy: bool = False,
+                          return_orig_weights: bool = False, keep_original_weight: bool = False,
+                          **kwargs) -> tuple[Any, dict]:
+    """EasyEdit's apply contract. Each call adds its requests, in order, to the model's running
+    edit sequence; whether the host then restores decides single-turn versus sequential."""
+    if copy:
+        model = copy_module.deepcopy(model)
+    editor = attach(model, hparams)
+    before = editor.snapshot()
+    for i, request in enumerate(requests):
+        for key in ("prompt", "target_new"):
+            if not request.get(key):
+                raise ValueError(f"DAFNet request {i} has no '{key}': {request}")
+    batch = tokenize_edits(tok, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
+                           hparams.max_length)
+    with torch.no_grad():
+        editor.edit(batch)
+    if keep_original_weight or _HOST_RESTORES_BY_CALL:
+        return model, UndoEdit(editor, before)
+    return model, {}
+
+
+_HOST_RESTORES_BY_CALL = False
+
+
+def register(ee: types.ModuleType | None = None) -> types.ModuleType | None:
+    """Make ``alg_name: DAFNet`` work in the host. Idempotent; returns the host package."""
+    global _HOST_RESTORES_BY_CALL
+    ee = ee or import_easyeditor()
+    if ee is None:
+        return None
+    from easyeditor.util import alg_dict
+
+    alg_dict.ALG_DICT[ALG_NAME] = apply_dafnet_to_model
+    try:
+        from easyeditor.editors import utils as editor_utils
+        editor_utils.CALLABLE_RESTORE_ALGS.add(ALG_NAME)
+        _HOST_RESTORES_BY_CALL = True
+    except (ImportError, AttributeError):
+        _HOST_RESTORES_BY_CALL = False  # the 2023 host: restores through weights_copy.items()
+    _patch_base_editor(ee)
+    return ee
+
+
+def _patch_base_editor(ee: types.ModuleType) -> None:
+    from easyeditor.editors.editor import BaseEditor
+
+    if getattr(BaseEditor.__init__, "__dafnet_wrapped__", False):
+        return
+    BaseEditor.__init__ = _loading_any_model(_run_on_cpu(BaseEditor.__init__, factories=False))
+    for name in ("edit", "batch_edit", "edit_dataset", "edit_requests", "normal_edit"):
+        if hasattr(BaseEditor, name):
+            setattr(BaseEditor, name, _run_on_cpu(getattr(BaseEditor, name)))
+    try:
+        from easyeditor.trainer.EditTrainer import EditTrainer
+        EditTrainer.run = _run_on_cpu(EditTrainer.run)
+    except ImportError:
+        pass

@@ -1,0 +1,68 @@
+"""Tiny models and tokenizers, built here: nothing is downloaded."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer, LlamaConfig, LlamaForCausalLM
+
+REPO = Path(__file__).resolve().parents[1]
+
+FACTS = [
+    ("The capital of France is", "Paris"), ("The capital of Italy is", "Rome"),
+    ("The capital of Spain is", "Madrid"), ("The capital of Japan is", "Tokyo"),
+    ("The official language of Brazil is", "Portuguese"), ("The currency of Japan is", "yen"),
+    ("Apple was founded by", "Steve Jobs"), ("The Eiffel Tower is located in", "Paris"),
+]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A byte-level BPE tokenizer (GPT-2's kind) trained on a few sentences."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    bpe = ByteLevelBPETokenizer()
+    texts = [f"{p} {t}." for p, t in FACTS] * 4 + ["Who is the president? The answer is London, Berlin, euro."]
+    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    bpe.save_model(str(out))
+    tok = GPT2Tokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
+    tok.save_pretrained(out)  # writes tokenizer_config.json naming GPT2Tokenizer
+    return out
+
+
+def _save(model, tokenizer_dir: Path, out: Path) -> Path:
+    model.save_pretrained(out)
+    GPT2Tokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """Saved in a folder named like GPT-2, so the host loads it as one."""
+    torch.manual_seed(0)
+    # weights larger than the default init, so that one layer can move the output (ROME must)
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=400, initializer_range=0.3,
+                     bos_token_id=0, eos_token_id=0)
+    return _save(GPT2LMHeadModel(cfg), tokenizer_dir, tmp_path_factory.mktemp("m") / "tiny-gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A LLaMA-architecture model with a byte-level BPE tokenizer, as SmolLM2; its folder name
+    matches none of the host's model families."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=400, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return _save(LlamaForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("m") / "tiny-smol")
+
+
+@pytest.fixture
+def tiny_hparams(tiny_gpt2_dir):
+    from dafnet_plugin import DAFNetHyperParams
+
+    hp = DAFNetHyperParams.from_hparams(str(REPO / "hparams/DAFNet/tiny-gpt2.yaml"))
+    hp.model_name = str(tiny_gpt2_dir)
+    return hp
