@@ -72,6 +72,8 @@ class DAFNetEditor(nn.Module):
         super().__init__()
         self.__dict__["model"] = model
         named = dict(model.named_modules())
+        # EasyEdit names edited weights ("...mlp.c_fc.weight"); DAFNet edits their modules
+        module_names = [n.removesuffix(".weight") for n in module_names]
         missing = [n for n in module_names if n not in named]
         if missing:
             raise KeyError(f"modules not found in {type(model).__name__}: {missing}")
@@ -208,7 +210,7 @@ class DAFNetEditor(nn.Module):
     def load_archive(self, path: str) -> None:
         """Load trained weights (``torch.load(weights_only=True)``); shapes must fit this config."""
         state = torch.load(path, map_location=self.edit_lrs.device, weights_only=True)
-        state = state.get("editor", state)
+        state = state.get("model", state)  # a training checkpoint holds the weights under "model"
         own = self.state_dict()
         problems = [f"missing {k}" for k in own if k not in state]
         problems += [f"unexpected {k}" for k in state if k not in own]
@@ -219,11 +221,12 @@ class DAFNetEditor(nn.Module):
         self.load_state_dict(state)
 
 
-def attach(model: nn.Module, hparams: DAFNetHyperParams) -> DAFNetEditor:
+def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None) -> DAFNetEditor:
     """The DAFNet editor living on ``model``, created (and its archive loaded) on first use.
 
     It is kept in the model's ``__dict__``, not as a submodule, so the model's parameters,
     ``state_dict`` and size stay those of the base model; a call with other hparams replaces it.
+    ``seed`` makes the networks' initialisation repeatable without touching the global RNG.
     """
     key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
            hparams.memory_limit, hparams.archive)
@@ -232,8 +235,11 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams) -> DAFNetEditor:
         return editor
     if editor is not None:
         editor.remove()
-    editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
-                          hparams.memory_limit).eval()
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
+                              hparams.memory_limit).eval()
     if hparams.archive:
         editor.load_archive(hparams.archive)
     editor.hparams_key = key

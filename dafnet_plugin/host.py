@@ -135,12 +135,16 @@ def _cpu_if_cuda(device: Any) -> Any:
     return device
 
 
-def _redirect(fn: Callable) -> Callable:
+def _redirect(fn: Callable, index_is_device: bool) -> Callable:
+    """``fn`` with CUDA devices replaced by the CPU. For ``.to`` a bare int is a device index;
+    for the tensor factories an int is a size, so only their ``device=`` is looked at."""
     @functools.wraps(fn)
     def call(*args, **kwargs):
         if "device" in kwargs:
             kwargs["device"] = _cpu_if_cuda(kwargs["device"])
-        return fn(*[_cpu_if_cuda(a) for a in args], **kwargs)
+        if index_is_device:
+            args = [("cpu" if isinstance(a, int) and not isinstance(a, bool) else _cpu_if_cuda(a)) for a in args]
+        return fn(*args, **kwargs)
     return call
 
 
@@ -166,7 +170,7 @@ def cuda_strings_on_cpu(factories: bool = True) -> Iterator[None]:
     cuda_strings_on_cpu.active = True
     try:
         for owner, name, fn in saved[:len(targets)]:
-            setattr(owner, name, _redirect(fn))
+            setattr(owner, name, _redirect(fn, index_is_device=name == "to"))
         for owner in (torch.Tensor, torch.nn.Module):
             setattr(owner, "cuda", lambda self, *a, **k: self)
         yield
@@ -273,8 +277,39 @@ def register(ee: types.ModuleType | None = None) -> types.ModuleType | None:
         _HOST_RESTORES_BY_CALL = True
     except (ImportError, AttributeError):
         _HOST_RESTORES_BY_CALL = False  # the 2023 host: restores through weights_copy.items()
+    _register_trainer()
     _patch_base_editor(ee)
     return ee
+
+
+def _register_trainer() -> None:
+    from easyeditor.util import alg_train_dict
+
+    from .trainable import DAFNetTrainable
+    for key in (ALG_NAME, ALG_NAME.upper()):  # the trainer looks up config.alg.upper()
+        alg_train_dict.ALG_TRAIN_DICT[key] = DAFNetTrainable
+
+
+def _training_sequences(run: Callable) -> Callable:
+    """``EditTrainer.run`` for DAFNet: the host's loop draws fixed-size batches and scores edit
+    and locality only; DAFNet trains on whole sequences whose length follows a curriculum, with
+    a rephrase loss too. The host's datasets, model and config are used as they are."""
+    @functools.wraps(run)
+    def call(self, *args, **kwargs):
+        if str(getattr(self.config, "alg", "")).upper() != ALG_NAME.upper():
+            return run(self, *args, **kwargs)
+        from .data.dafset import MixtureDataset
+        from .training import DAFNetTrainer
+
+        train_set = self.train_set if isinstance(self.train_set, MixtureDataset) else MixtureDataset({"train": self.train_set})
+        name = str(self.config.model_name).rstrip("/").split("/")[-1]
+        checkpoint = os.path.join(self.config.results_dir, "models", ALG_NAME, f"{name}.pt")
+        trainer = DAFNetTrainer(self.model.editor, self.train_set.tok, self.config,
+                                lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint)
+        self.dafnet_trainer = trainer
+        return trainer.run()
+    call.__dafnet_wrapped__ = True
+    return call
 
 
 def _patch_base_editor(ee: types.ModuleType) -> None:
@@ -288,6 +323,7 @@ def _patch_base_editor(ee: types.ModuleType) -> None:
             setattr(BaseEditor, name, _run_on_cpu(getattr(BaseEditor, name)))
     try:
         from easyeditor.trainer.EditTrainer import EditTrainer
-        EditTrainer.run = _run_on_cpu(EditTrainer.run)
+        EditTrainer.__init__ = _run_on_cpu(EditTrainer.__init__, factories=False)
+        EditTrainer.run = _run_on_cpu(_training_sequences(EditTrainer.run))
     except ImportError:
         pass

@@ -35,12 +35,11 @@ def load_strict(cls: Type[T], path: str) -> T:
 
 
 @dataclass
-class DAFNetHyperParams:
-    """Everything ``BaseEditor`` and the DAFNet apply function read."""
-    alg_name: str = MISSING            # must be "DAFNet"
+class _DAFNetMethod:
+    """What the method itself reads, in both the editing and the training YAML."""
     model_name: str = MISSING          # a local folder, a hub name, or "smollm2-135m" (built-in default)
     device: int = MISSING              # CUDA index, as in EasyEdit; the CPU is used when there is no GPU
-    inner_params: List[str] = MISSING  # edited modules, EasyEdit's name for them (MEND's too)
+    inner_params: List[str] = MISSING  # edited weights, as EasyEdit names them for MEND ("<module>.weight")
     n_layers: int = MISSING
     inner_dim: int = MISSING
     ffn_dim: int = MISSING
@@ -55,17 +54,82 @@ class DAFNetHyperParams:
     max_length: int = 40
     model_parallel: bool = False
 
+    def network_config(self) -> NetworkConfig:
+        return NetworkConfig(n_layers=self.n_layers, inner_dim=self.inner_dim, ffn_dim=self.ffn_dim,
+                             att_dim=self.att_dim, att_heads=self.att_heads, gate_dim=self.gate_dim,
+                             gate_heads=self.gate_heads, detach_gate=self.detach_gate)
+
+
+def _check_name(path: str, key: str, value: str) -> None:
+    if value.upper() != "DAFNET":
+        raise ValueError(f"{path}: key '{key}' must be 'DAFNet', not '{value}'")
+
+
+@dataclass
+class DAFNetHyperParams(_DAFNetMethod):
+    """Everything ``BaseEditor`` and the DAFNet apply function read."""
+    alg_name: str = MISSING            # must be "DAFNet"
+
     @classmethod
     def from_hparams(cls, path: str) -> "DAFNetHyperParams":
         if not path.endswith((".yaml", ".yml")):
             path += ".yaml"
         hp = load_strict(cls, path)
-        if hp.alg_name != "DAFNet":
-            raise ValueError(f"{path}: key 'alg_name' must be 'DAFNet', not '{hp.alg_name}'")
+        _check_name(path, "alg_name", hp.alg_name)
         hp.model_name = resolve_model(hp.model_name)
         return hp
 
-    def network_config(self) -> NetworkConfig:
-        return NetworkConfig(n_layers=self.n_layers, inner_dim=self.inner_dim, ffn_dim=self.ffn_dim,
-                             att_dim=self.att_dim, att_heads=self.att_heads, gate_dim=self.gate_dim,
-                             gate_heads=self.gate_heads, detach_gate=self.detach_gate)
+
+@dataclass
+class DAFNetTrainingHparams(_DAFNetMethod):
+    """Meta-training: the recipe (authors' defaults in the comments) and the keys EasyEdit's
+    ``EditTrainer`` reads, under the host's names where it has one."""
+    alg: str = MISSING                 # must be "DAFNet"; the trainer looks up alg.upper()
+    results_dir: str = MISSING         # checkpoints go to <results_dir>/models/DAFNet/<model>
+    lr: float = 1e-6                   # Adam, the networks
+    lr_lr: float = 1e-4                # Adam, the per-module edit learning rates
+    cedit: float = 0.1                 # NLL of the edit targets after the sequence
+    crephrase: float = 0.1             # NLL of the targets after the rephrased prompts
+    cloc: float = 0.2                  # KL(unedited || edited) on the locality prompts
+    grad_clip: float = 100.0
+    max_iters: int = MISSING           # training sequences
+    max_sequence: int = 1000           # curriculum cap on the sequence length k
+    curriculum_patience: int = 3000    # steps without a new best smoothed loss before k grows
+    curriculum_growth: float = 0.25    # k_max grows by max(growth * k_max, curriculum_min_step)
+    curriculum_min_step: int = 10
+    loss_ema: float = 0.01             # smoothing of the loss the curriculum watches
+    model_save_pt: int = 500           # steps between checkpoints
+    seed: int = 0
+    # read by EditTrainer's constructor; DAFNet draws its own sequences, so batch sizes stay 1
+    model_class: str = "AutoModelForCausalLM"
+    tokenizer_class: str = "AutoTokenizer"
+    tokenizer_name: Optional[str] = None   # None: the model's own
+    batch_size: int = 1
+    val_batch_size: int = 1
+    opt: str = "Adam"
+    train_base: bool = False
+    eval_only: bool = False
+    debug: bool = False
+    save: bool = True
+    silent: bool = False
+    final_eval: bool = False
+    log_interval: int = 100
+    val_interval: int = 1000000
+    val_steps: int = 0
+    early_stop_patience: int = 1000000
+    early_stop_key: str = "loss/total_edit_val"
+    accumulate_bs: int = 1
+    max_epochs: Optional[int] = None
+    half: bool = False
+    dropout: float = 0.0
+    no_grad_layers: Optional[int] = None
+
+    @classmethod
+    def from_hparams(cls, path: str) -> "DAFNetTrainingHparams":
+        if not path.endswith((".yaml", ".yml")):
+            path += ".yaml"
+        hp = load_strict(cls, path)
+        _check_name(path, "alg", hp.alg)
+        hp.model_name = resolve_model(hp.model_name)
+        hp.tokenizer_name = hp.tokenizer_name or hp.model_name
+        return hp

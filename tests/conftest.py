@@ -9,6 +9,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer, LlamaConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
+# tiny models run fastest on one thread, and a busy machine makes two threads spin
+torch.set_num_threads(1)
+
 FACTS = [
     ("The capital of France is", "Paris"), ("The capital of Italy is", "Rome"),
     ("The capital of Spain is", "Madrid"), ("The capital of Japan is", "Tokyo"),

@@ -1,0 +1,174 @@
+"""Meta-training of DAFNet, pure torch: sequences of k edits, the authors' losses and curriculum.
+
+Each step draws one sequence of k edits (from one data source), processes it causally at once,
+and asks three things of the edited model: the edit targets after the edit prompts, the same
+targets after rephrased prompts, and unchanged predictions on unrelated (locality) prompts.
+The data are records in EasyEdit's form: prompt, target_new, rephrase_prompt, locality_prompt,
+locality_ground_truth.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .editor import DAFNetEditor, tokenize_edits, per_edit_nll
+from .hparams import DAFNetTrainingHparams
+
+Record = dict
+SequenceSource = Callable[[random.Random, int], Sequence[Record]]
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: training stops, and the last good checkpoint stays as it was."""
+
+
+@dataclass
+class Curriculum:
+    """k is drawn uniformly from 1..k_max; k_max grows when the smoothed loss stops improving."""
+    cap: int
+    patience: int
+    growth: float = 0.25
+    min_step: int = 10
+    ema_decay: float = 0.01
+    k_max: int = 1
+    ema: float = math.nan
+    best: float = math.inf
+    best_step: int = 0
+
+    def sample(self, rng: random.Random) -> int:
+        return rng.randint(1, self.k_max)
+
+    def update(self, loss: float, step: int) -> None:
+        self.ema = loss if math.isnan(self.ema) else self.ema + self.ema_decay * (loss - self.ema)
+        if self.ema < self.best:
+            self.best, self.best_step = self.ema, step
+        elif step - self.best_step >= self.patience and self.k_max < self.cap:
+            self.k_max = min(self.cap, self.k_max + max(round(self.growth * self.k_max), self.min_step))
+            # longer sequences are harder: the loss is watched afresh from here
+            self.best, self.best_step = math.inf, step
+
+
+def locality_kl(base_logits: torch.Tensor, post_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """KL(unedited || edited) of the next-token distributions at the answer tokens."""
+    mask = (labels[:, 1:] != -100).float()
+    pre = base_logits[:, :-1].float().log_softmax(-1)
+    post = post_logits[:, :-1].float().log_softmax(-1)
+    kl = (pre.exp() * (pre - post)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+def sequence_losses(editor: DAFNetEditor, tok, records: Sequence[Record], max_length: int) -> dict[str, torch.Tensor]:
+    """Edit the fresh model with the whole sequence at once (with graph) and score it."""
+    model = editor.model
+    targets = [r["target_new"] for r in records]
+    edit = tokenize_edits(tok, [r["prompt"] for r in records], targets, max_length)
+    rephrase = tokenize_edits(tok, [r["rephrase_prompt"] for r in records], targets, max_length)
+    loc = tokenize_edits(tok, [r["locality_prompt"] for r in records],
+                         [r["locality_ground_truth"] for r in records], max_length)
+    device = editor.edit_lrs.device
+    edit, rephrase, loc = edit.to(device), rephrase.to(device), loc.to(device)
+    with torch.no_grad(), editor.deltas_off():
+        base = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
+    editor.reset()
+    editor.edit(edit, detach_past=False)
+    try:
+        def nll(batch):
+            return per_edit_nll(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                batch.labels).mean()
+        post = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
+        return {"edit": nll(edit), "rephrase": nll(rephrase), "loc": locality_kl(base, post, loc.labels)}
+    finally:
+        editor.reset()  # the next sequence starts fresh; this also frees the graph's ΔW
+
+
+class DAFNetTrainer:
+    """Trains the networks and per-module edit learning rates of ``editor``; checkpoints hold
+    those weights, the normalisation statistics, the optimizers and the curriculum, nothing
+    pickled (they load with ``torch.load(weights_only=True)``), in EasyEdit's archive layout
+    (``model``, ``opt``, ``lr_opt``) so the host trainer can read them too."""
+
+    def __init__(self, editor: DAFNetEditor, tok, hp: DAFNetTrainingHparams, draw: SequenceSource,
+                 checkpoint: str | os.PathLike) -> None:
+        self.editor, self.tok, self.hp, self.draw = editor, tok, hp, draw
+        self.checkpoint = Path(checkpoint)
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.checkpoint.with_suffix(".log.jsonl")
+        networks = [p for n, p in editor.named_parameters() if n != "edit_lrs"]
+        self.opt = torch.optim.Adam(networks, lr=hp.lr)
+        self.lr_opt = torch.optim.Adam([editor.edit_lrs], lr=hp.lr_lr)
+        self.curriculum = Curriculum(hp.max_sequence, hp.curriculum_patience, hp.curriculum_growth,
+                                     hp.curriculum_min_step, hp.loss_ema)
+        self.step = 0
+        if self.checkpoint.exists():
+            self.resume(self.checkpoint)
+
+    def state_dict(self) -> dict:
+        return {"model": self.editor.state_dict(), "opt": self.opt.state_dict(),
+                "lr_opt": self.lr_opt.state_dict(), "curriculum": asdict(self.curriculum), "step": self.step}
+
+    def save(self) -> None:
+        partial = self.checkpoint.with_suffix(".partial")
+        torch.save(self.state_dict(), partial)
+        os.replace(partial, self.checkpoint)  # an interrupted save never spoils the last good one
+
+    def resume(self, path: str | os.PathLike) -> None:
+        state = torch.load(path, map_location=self.editor.edit_lrs.device, weights_only=True)
+        self.editor.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.lr_opt.load_state_dict(state["lr_opt"])
+        self.curriculum = Curriculum(**state["curriculum"])
+        self.step = state["step"]
+
+    def train_step(self) -> dict[str, float]:
+        # a generator per step, seeded by the step, makes a resumed run draw what the
+        # uninterrupted one would have
+        rng = random.Random(self.hp.seed * 1_000_003 + self.step)
+        k = self.curriculum.sample(rng)
+        records = self.draw(rng, k)
+        self.editor.train()
+        losses = sequence_losses(self.editor, self.tok, records, self.hp.max_length)
+        total = self.hp.cedit * losses["edit"] + self.hp.crephrase * losses["rephrase"] + self.hp.cloc * losses["loc"]
+        if not torch.isfinite(total):
+            raise TrainingDiverged(
+                f"non-finite loss at step {self.step + 1} ({ {n: v.item() for n, v in losses.items()} }); "
+                f"the last good checkpoint is {self.checkpoint if self.checkpoint.exists() else 'not written yet'}")
+        self.opt.zero_grad()
+        self.lr_opt.zero_grad()
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for g in (self.opt, self.lr_opt) for group in g.param_groups
+                                                    for p in group["params"]], self.hp.grad_clip)
+        self.opt.step()
+        self.lr_opt.step()
+        self.step += 1
+        self.curriculum.update(total.item(), self.step)
+        return {"step": self.step, "k": len(records), "k_max": self.curriculum.k_max, "loss": total.item(),
+                **{f"loss/{n}": v.item() for n, v in losses.items()}, "grad_norm": grad_norm.item()}
+
+    def run(self, max_iters: int | None = None) -> list[dict]:
+        """Train up to ``max_iters`` steps in all (resumed steps count), checkpointing on the way."""
+        max_iters = self.hp.max_iters if max_iters is None else max_iters
+        history = []
+        start = time.time()
+        with tqdm(total=max_iters, initial=self.step, desc="DAFNet training") as bar, \
+                self.log_path.open("a") as log:
+            while self.step < max_iters:
+                info = self.train_step()
+                info["seconds"] = round(time.time() - start, 2)
+                history.append(info)
+                log.write(json.dumps(info) + "\n")
+                bar.update(1)
+                bar.set_postfix(loss=f"{info['loss']:.3f}", k_max=info["k_max"])
+                if self.step % self.hp.model_save_pt == 0 or self.step == max_iters:
+                    self.save()
+        self.editor.eval()
+        return history
