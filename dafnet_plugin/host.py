@@ -304,7 +304,11 @@ def _training_sequences(run: Callable) -> Callable:
         train_set = self.train_set if isinstance(self.train_set, MixtureDataset) else MixtureDataset({"train": self.train_set})
         name = str(self.config.model_name).rstrip("/").split("/")[-1]
         checkpoint = os.path.join(self.config.results_dir, "models", ALG_NAME, f"{name}.pt")
-        trainer = DAFNetTrainer(self.model.editor, self.train_set.tok, self.config,
+        tok = getattr(self.train_set, "tok", None)
+        if tok is None:
+            from transformers import AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(self.config.tokenizer_name or self.config.model_name)
+        trainer = DAFNetTrainer(self.model.editor, tok, self.config,
                                 lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint)
         self.dafnet_trainer = trainer
         return trainer.run()

@@ -1,0 +1,150 @@
+"""Evaluation protocols for every method, driven by the host: its editor's apply function edits,
+its ``compute_edit_quality`` scores.
+
+- single: edit one record, score it, restore (T = 1);
+- immediate: a sequence of T edits, each scored right after its own edit (what EasyEdit reports);
+- final: the same sequence, every edit scored after the last one (where forgetting shows).
+
+Locality is the share of locality-answer tokens whose argmax equals the *unedited* model's.
+``gen_em`` is a greedy-generation exact match of the target, which teacher forcing cannot flatter.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from dafnet_plugin import attached
+from dafnet_plugin.host import cuda_strings_on_cpu
+
+Record = dict
+
+
+def request_of(record: Record) -> dict:
+    """The host's request form (what ``BaseEditor._prepare_requests`` builds)."""
+    return {"prompt": record["prompt"], "target_new": record["target_new"],
+            "ground_truth": record.get("ground_truth") or "<|endoftext|>",
+            "subject": record.get("subject") or record["prompt"].split()[0],
+            "rephrase_prompt": record["rephrase_prompt"], "portability": {},
+            "locality": {"neighborhood": {"prompt": record["locality_prompt"],
+                                          "ground_truth": record["locality_ground_truth"]}}}
+
+
+@dataclass
+class Scores:
+    rewrite: list[float] = field(default_factory=list)
+    rephrase: list[float] = field(default_factory=list)
+    locality: list[float] = field(default_factory=list)
+    gen_em: list[float] = field(default_factory=list)
+
+    def add(self, other: "Scores") -> None:
+        for name in ("rewrite", "rephrase", "locality", "gen_em"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def means(self) -> dict[str, float]:
+        return {"rewrite_acc": _mean(self.rewrite), "rephrase_acc": _mean(self.rephrase),
+                "locality": _mean(self.locality), "gen_em": _mean(self.gen_em)}
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values)) if len(values) else float("nan")
+
+
+class Evaluator:
+    """Scores requests on ``editor.model`` with the host's metrics; locality is measured against
+    the unedited model's outputs, recorded by ``remember_unedited``."""
+
+    def __init__(self, editor) -> None:
+        from easyeditor.evaluate.evaluate import compute_edit_quality
+
+        self.editor, self.compute = editor, compute_edit_quality
+        self.unedited: dict[str, list] = {}
+
+    def _quality(self, request: dict) -> dict:
+        e = self.editor
+        with cuda_strings_on_cpu(), torch.no_grad():
+            return self.compute(e.model, e.model_name, e.hparams, e.tok, request, e.hparams.device)
+
+    def remember_unedited(self, requests: Iterable[dict]) -> None:
+        for r in requests:
+            key = r["locality"]["neighborhood"]["prompt"]
+            if key not in self.unedited:
+                self.unedited[key] = self._quality(r)["locality"]["neighborhood_output"]
+
+    def score(self, request: dict) -> Scores:
+        q = self._quality(request)
+        before = self.unedited[request["locality"]["neighborhood"]["prompt"]]
+        after = q["locality"]["neighborhood_output"]
+        locality = float(np.mean([np.mean(np.equal(a, b)) for a, b in zip(after, before)]))
+        return Scores([_mean(q["rewrite_acc"])], [_mean(q["rephrase_acc"])], [locality],
+                      [self.generation_match(request)])
+
+    def generation_match(self, request: dict) -> float:
+        """1 if greedy decoding after the prompt starts with the target, word for word."""
+        tok, model = self.editor.tok, self.editor.model
+        target_ids = tok(" " + request["target_new"], add_special_tokens=False)["input_ids"]
+        ids = tok(request["prompt"], return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target_ids),
+                                 do_sample=False, pad_token_id=tok.eos_token_id)
+        text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        return float(text.strip().lower().startswith(request["target_new"].strip().lower()))
+
+
+class Session:
+    """Edits through the host's apply function and restores the model between sequences."""
+
+    def __init__(self, editor) -> None:
+        self.editor = editor
+        self.originals: dict[str, torch.Tensor] = {}
+
+    def apply(self, request: dict) -> float:
+        e = self.editor
+        start = time.perf_counter()
+        with cuda_strings_on_cpu():
+            model, weights_copy = e.apply_algo(e.model, e.tok, [request], e.hparams, copy=False,
+                                               return_orig_weights=True, keep_original_weight=False)
+        seconds = time.perf_counter() - start
+        e.model = model
+        if isinstance(weights_copy, dict) and type(weights_copy) is dict:
+            for name, value in weights_copy.items():  # keep the first (original) copy of each weight
+                self.originals.setdefault(name, value.detach().clone())
+        return seconds
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        params = dict(self.editor.model.named_parameters())
+        for name, value in self.originals.items():
+            params[name].copy_(value.to(params[name].device))
+        self.originals.clear()
+        state = attached(self.editor.model)
+        if state is not None:
+            state.reset()
+
+
+def run_sequences(editor, records: Sequence[Record], T: int, progress=None) -> dict[str, dict]:
+    """Edit ``records`` in sequences of T (len(records) // T of them), restoring between sequences.
+    Returns rows for "immediate" and "final" (T > 1) or "single" (T = 1)."""
+    evaluator, session = Evaluator(editor), Session(editor)
+    requests = [request_of(r) for r in records[: len(records) // T * T]]
+    evaluator.remember_unedited(requests)
+    immediate, final, seconds = Scores(), Scores(), []
+    for start in range(0, len(requests), T):
+        chunk = requests[start:start + T]
+        for request in chunk:
+            seconds.append(session.apply(request))
+            immediate.add(evaluator.score(request))
+            if progress is not None:
+                progress.update(1)
+        if T > 1:
+            for request in chunk:
+                final.add(evaluator.score(request))
+        session.restore()
+    timing = {"n_edits": len(requests), "sec_per_edit": statistics.median(seconds) if seconds else float("nan")}
+    if T == 1:
+        return {"single": {**immediate.means(), **timing}}
+    return {"immediate": {**immediate.means(), **timing}, "final": {**final.means(), **timing}}
