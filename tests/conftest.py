@@ -27,8 +27,11 @@ def tokenizer_dir(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tok")
     bpe = ByteLevelBPETokenizer()
+    from dafnet_plugin.data.builtin import make_edits
+
     texts = [f"{p} {t}." for p, t in FACTS] * 4 + ["Who is the president? The answer is London, Berlin, euro."]
-    bpe.train_from_iterator(texts, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"])
+    texts += [f"{e.prompt} {e.ground_truth}. {e.rephrase_prompt} {e.target_new}." for e in make_edits(seed=1)]
+    bpe.train_from_iterator(texts, vocab_size=1000, min_frequency=1, special_tokens=["<|endoftext|>"])
     bpe.save_model(str(out))
     tok = GPT2Tokenizer(str(out / "vocab.json"), str(out / "merges.txt"))
     tok.save_pretrained(out)  # writes tokenizer_config.json naming GPT2Tokenizer
@@ -46,7 +49,7 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer_dir) -> Path:
     """Saved in a folder named like GPT-2, so the host loads it as one."""
     torch.manual_seed(0)
     # weights larger than the default init, so that one layer can move the output (ROME must)
-    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=400, initializer_range=0.3,
+    cfg = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=1000, initializer_range=0.3,
                      bos_token_id=0, eos_token_id=0)
     return _save(GPT2LMHeadModel(cfg), tokenizer_dir, tmp_path_factory.mktemp("m") / "tiny-gpt2")
 
@@ -57,7 +60,7 @@ def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
     matches none of the host's model families."""
     torch.manual_seed(0)
     cfg = LlamaConfig(num_hidden_layers=2, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=400, max_position_embeddings=64,
+                      num_key_value_heads=2, vocab_size=1000, max_position_embeddings=128,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
     return _save(LlamaForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("m") / "tiny-smol")
 

@@ -967,11 +967,13 @@ RELATIONS: dict[str, Relation] = {
         ),
     ),
     "sport": Relation(
-        prompt="{} is famous for playing",
+        # SmolLM2-135M continues "famous for playing" with acting roles; this wording ranked the true sport
+        # first most often in a probe of several.
+        prompt="{} became a star in the sport of",
         paraphrases=(
             "The sport played by {} is",
             "{} is a professional player of",
-            "{} became a star in the sport of",
+            "{} is famous for playing",
         ),
         questions=(
             "Which sport is {} famous for?",

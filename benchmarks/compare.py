@@ -1,0 +1,183 @@
+"""The comparison suite: DAFNet against MEND, SERAC, ROME and MEMIT, single-turn and sequential,
+edited and scored by EasyEdit itself.
+
+    python -m benchmarks.compare --preset smollm2-cf [key=value ...]
+    python -m benchmarks.compare --config my.yaml [key=value ...]
+
+Each method is prepared (trained or its statistics computed, cached by content), then run through
+the protocols of benchmarks/protocols.py. Results go to <out>/results.json, results.md and
+metrics.png; a rerun skips the rows already there. A method that fails is a row with its reason.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+
+import dafnet_plugin  # registers DAFNet with EasyEdit
+from dafnet_plugin.data.dafset import load_records
+from dafnet_plugin.default_model import resolve_model
+
+from .methods import PREPARE
+from .methods.context import Context
+from .presets import PRESETS, CompareConfig
+from .protocols import run_sequences
+
+METRICS = ("rewrite_acc", "rephrase_acc", "locality", "gen_em")
+
+
+def load_config(preset: str | None, config_file: str | None, overrides: list[str]) -> CompareConfig:
+    cfg = OmegaConf.structured(CompareConfig)
+    if preset:
+        if preset not in PRESETS:
+            raise SystemExit(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
+        cfg = OmegaConf.merge(cfg, {"preset": preset, **PRESETS[preset]})
+    if config_file:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+    return OmegaConf.to_object(cfg)
+
+
+def host_version() -> str:
+    import easyeditor
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"easyeditor {version('easyeditor')} ({easyeditor.__file__})"
+    except PackageNotFoundError:
+        return f"easyeditor checkout ({easyeditor.__file__})"
+
+
+def peak_memory_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak so far
+
+
+def run(cfg: CompareConfig) -> dict:
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out or f"runs/{cfg.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model(cfg.model)
+    records = load_records(cfg.eval)
+    path = out / "results.json"
+    results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    results.update(preset=cfg.preset, model=cfg.model, dataset=cfg.dataset, host_version=host_version(),
+                   device=torch.cuda.get_device_name() if cfg.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
+                   config=asdict(cfg))
+    done = {(r["method"], r["protocol"], r["T"]) for r in results["rows"] if r["status"] == "ok"}
+    results["rows"] = [r for r in results["rows"] if r["status"] == "ok"]  # failures are retried
+    ctx = Context(model_path, cfg.hparams_name, list(cfg.train), Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite"),
+                  cfg.device, dict(cfg.steps))
+    plan = [(1, ("single",))] + [(T, ("immediate", "final")) for T in cfg.T]
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=1))
+
+    for method in cfg.methods:
+        todo = [(T, protocols) for T, protocols in plan if any((method, p, T) not in done for p in protocols)]
+        if not todo:
+            continue
+        try:
+            editor = build_editor(method, ctx, cfg)
+        except Exception as error:  # the method cannot run here: every row says why
+            for T, protocols in todo:
+                results["rows"] += [failed(method, p, T, error) for p in protocols]
+            save()
+            continue
+        for T, protocols in todo:
+            n = cfg.n_single if T == 1 else cfg.sequences * T
+            try:
+                with tqdm(total=n, desc=f"{method} T={T}") as bar:
+                    rows = run_sequences(editor, records[:n], T, bar)
+                for protocol, row in rows.items():
+                    results["rows"].append({"method": method, "protocol": protocol, "T": T, **row,
+                                            "peak_mem_mb": round(peak_memory_mb(cfg.device), 1),
+                                            "status": "ok", "error": None})
+            except Exception as error:
+                results["rows"] += [failed(method, p, T, error) for p in protocols]
+            save()
+        del editor
+    write_report(out, results)
+    return results
+
+
+def build_editor(method: str, ctx: Context, cfg: CompareConfig):
+    from easyeditor import BaseEditor
+
+    if method not in PREPARE:
+        raise KeyError(f"unknown method '{method}'; known: {', '.join(PREPARE)}")
+    hparams = PREPARE[method](ctx)
+    editor = BaseEditor.from_hparams(hparams)
+    if cfg.dtype != "float32":
+        editor.model.to(getattr(torch, cfg.dtype))
+    return editor
+
+
+def failed(method: str, protocol: str, T: int, error: Exception) -> dict:
+    reason = f"{type(error).__name__}: {error}".strip()
+    where = traceback.extract_tb(error.__traceback__)[-1] if error.__traceback__ else None
+    if where is not None:
+        reason += f" ({Path(where.filename).name}:{where.lineno})"
+    return {"method": method, "protocol": protocol, "T": T, "n_edits": 0, **{m: None for m in METRICS},
+            "sec_per_edit": None, "peak_mem_mb": None, "status": "failed", "error": reason[:500]}
+
+
+def write_report(out: Path, results: dict) -> None:
+    rows = sorted(results["rows"], key=lambda r: (r["T"], ["single", "immediate", "final"].index(r["protocol"]), r["method"]))
+    fmt = lambda v, spec=".3f": "–" if v is None else format(v, spec)  # noqa: E731
+    lines = [f"# {results['preset']}: {results['model']} on {results['dataset']}", "",
+             f"Device: {results['device']}. Host: {results['host_version']}.", "",
+             "| T | protocol | method | n | rewrite | rephrase | locality | gen EM | s/edit | peak MB | status |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        status = "ok" if r["status"] == "ok" else f"failed: {r['error']}"
+        lines.append(f"| {r['T']} | {r['protocol']} | {r['method']} | {r['n_edits']} | {fmt(r['rewrite_acc'])} | "
+                     f"{fmt(r['rephrase_acc'])} | {fmt(r['locality'])} | {fmt(r['gen_em'])} | "
+                     f"{fmt(r['sec_per_edit'], '.2f')} | {fmt(r['peak_mem_mb'], '.0f')} | {status} |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    plot(out / "metrics.png", rows)
+
+
+def plot(path: Path, rows: list[dict]) -> None:
+    """Each metric against T, one line per method: the single-turn value at T = 1, then the
+    final (after the whole sequence) values."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
+    methods = sorted({r["method"] for r in rows})
+    for ax, metric in zip(axes, METRICS):
+        for method in methods:
+            points = sorted((r["T"], r[metric]) for r in rows if r["method"] == method and r["status"] == "ok"
+                            and r["protocol"] in ("single", "final") and r[metric] is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=method)
+        ax.set_xscale("log"), ax.set_xlabel("T (edits in sequence)"), ax.set_title(metric), ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help=f"one of: {', '.join(PRESETS)}")
+    p.add_argument("--config", help="a YAML with CompareConfig keys")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. T=[10,100] methods=[DAFNet,ROME]")
+    args = p.parse_args()
+    results = run(load_config(args.preset, args.config, args.overrides))
+    print((Path(results["config"]["out"] or f"runs/{results['preset']}") / "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

