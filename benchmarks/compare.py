@@ -26,7 +26,7 @@ import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.dafset import load_records
 from dafnet_plugin.default_model import resolve_model
 
-from .methods import PREPARE
+from .methods import build
 from .methods.context import Context
 from .presets import PRESETS, CompareConfig
 from .protocols import run_sequences
@@ -111,12 +111,7 @@ def run(cfg: CompareConfig) -> dict:
 
 
 def build_editor(method: str, ctx: Context, cfg: CompareConfig):
-    from easyeditor import BaseEditor
-
-    if method not in PREPARE:
-        raise KeyError(f"unknown method '{method}'; known: {', '.join(PREPARE)}")
-    hparams = PREPARE[method](ctx)
-    editor = BaseEditor.from_hparams(hparams)
+    editor = build(method, ctx)
     if cfg.dtype != "float32":
         editor.model.to(getattr(torch, cfg.dtype))
     return editor

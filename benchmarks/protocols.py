@@ -64,53 +64,59 @@ class Evaluator:
         self.editor, self.compute = editor, compute_edit_quality
         self.unedited: dict[str, list] = {}
 
-    def _quality(self, request: dict) -> dict:
+    def _quality(self, model, request: dict) -> dict:
         e = self.editor
         with cuda_strings_on_cpu(), torch.no_grad():
-            return self.compute(e.model, e.model_name, e.hparams, e.tok, request, e.hparams.device)
+            return self.compute(model, e.model_name, e.hparams, e.tok, request, e.hparams.device)
 
     def remember_unedited(self, requests: Iterable[dict]) -> None:
         for r in requests:
             key = r["locality"]["neighborhood"]["prompt"]
             if key not in self.unedited:
-                self.unedited[key] = self._quality(r)["locality"]["neighborhood_output"]
+                self.unedited[key] = self._quality(self.editor.model, r)["locality"]["neighborhood_output"]
 
-    def score(self, request: dict) -> Scores:
-        q = self._quality(request)
+    def score(self, model, request: dict) -> Scores:
+        q = self._quality(model, request)
         before = self.unedited[request["locality"]["neighborhood"]["prompt"]]
         after = q["locality"]["neighborhood_output"]
         locality = float(np.mean([np.mean(np.equal(a, b)) for a, b in zip(after, before)]))
         return Scores([_mean(q["rewrite_acc"])], [_mean(q["rephrase_acc"])], [locality],
-                      [self.generation_match(request)])
+                      [self.generation_match(model, request)])
 
-    def generation_match(self, request: dict) -> float:
+    def generation_match(self, model, request: dict) -> float:
         """1 if greedy decoding after the prompt starts with the target, word for word."""
-        tok, model = self.editor.tok, self.editor.model
+        tok = self.editor.tok
         target_ids = tok(" " + request["target_new"], add_special_tokens=False)["input_ids"]
-        ids = tok(request["prompt"], return_tensors="pt")["input_ids"].to(next(model.parameters()).device)
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=len(target_ids),
-                                 do_sample=False, pad_token_id=tok.eos_token_id)
+        ids = tok(request["prompt"], return_tensors="pt")["input_ids"].to(self.editor.model.device)
+        with cuda_strings_on_cpu(), torch.no_grad():  # SERAC's wrapper moves inputs to cuda:N
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                 max_new_tokens=len(target_ids), do_sample=False, pad_token_id=tok.eos_token_id)
         text = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
         return float(text.strip().lower().startswith(request["target_new"].strip().lower()))
 
 
 class Session:
-    """Edits through the host's apply function and restores the model between sequences."""
+    """Edits through the host's apply function and restores the model between sequences.
+
+    ``model`` is what the last edit returned: the editor's own model for methods that edit in
+    place (and DAFNet), a wrapper for SERAC, whose 2023 executor keeps only the latest edit.
+    """
 
     def __init__(self, editor) -> None:
         self.editor = editor
+        self.model = editor.model
         self.originals: dict[str, torch.Tensor] = {}
 
     def apply(self, request: dict) -> float:
         e = self.editor
         start = time.perf_counter()
+        # keep_original_weight=True: the 2023 methods return the original weights only then; the
+        # sequence is restored here, between sequences, not by the host after each edit
         with cuda_strings_on_cpu():
-            model, weights_copy = e.apply_algo(e.model, e.tok, [request], e.hparams, copy=False,
-                                               return_orig_weights=True, keep_original_weight=False)
+            self.model, weights_copy = e.apply_algo(e.model, e.tok, [request], e.hparams, copy=False,
+                                                    return_orig_weights=True, keep_original_weight=True)
         seconds = time.perf_counter() - start
-        e.model = model
-        if isinstance(weights_copy, dict) and type(weights_copy) is dict:
+        if type(weights_copy) is dict:  # DAFNet's UndoEdit is undone by reset() instead
             for name, value in weights_copy.items():  # keep the first (original) copy of each weight
                 self.originals.setdefault(name, value.detach().clone())
         return seconds
@@ -121,6 +127,7 @@ class Session:
         for name, value in self.originals.items():
             params[name].copy_(value.to(params[name].device))
         self.originals.clear()
+        self.model = self.editor.model
         state = attached(self.editor.model)
         if state is not None:
             state.reset()
@@ -137,12 +144,12 @@ def run_sequences(editor, records: Sequence[Record], T: int, progress=None) -> d
         chunk = requests[start:start + T]
         for request in chunk:
             seconds.append(session.apply(request))
-            immediate.add(evaluator.score(request))
+            immediate.add(evaluator.score(session.model, request))
             if progress is not None:
                 progress.update(1)
         if T > 1:
             for request in chunk:
-                final.add(evaluator.score(request))
+                final.add(evaluator.score(session.model, request))
         session.restore()
     timing = {"n_edits": len(requests), "sec_per_edit": statistics.median(seconds) if seconds else float("nan")}
     if T == 1:

