@@ -83,8 +83,7 @@ def prepare_memit(model, tok, work: Path, n_samples: int = 100):
     """The host's MEMIT with identity second moments E[kkᵀ] = I, saved where its layer_stats loads them."""
     from easyeditor.models.memit import memit_main
     from easyeditor.util.runningstats import CombinedStat, SecondMoment, save_cached_state
-    from .methods.locate_edit import fix_memit_layer_outputs, memit_hparams, model_layout, stats_file
-    fix_memit_layer_outputs()
+    from .methods.locate_edit import memit_hparams, model_layout, stats_file
     memit_main.COV_CACHE.clear()
     hp = memit_hparams(MODEL_NAME, model_layout(model), work, n_samples=n_samples)
     for layer in hp.layers:
@@ -149,7 +148,8 @@ def run_method(method: str, shape: dict, tok, device: str, reqs: list[dict]) -> 
                    + f" ({Path(where.filename).name}:{where.lineno})")
     row.update(edits=len(seconds), first_s=seconds[0] if seconds else None,
                median_s=statistics.median(seconds) if seconds else None,
-               p90_s=statistics.quantiles(seconds, n=10)[-1] if len(seconds) > 1 else (seconds or [None])[0],
+               p90_s=statistics.quantiles(seconds, n=10, method="inclusive")[-1] if len(seconds) > 1
+               else (seconds or [None])[0],
                peak_gib=torch.cuda.max_memory_allocated() / 2 ** 30 if device == "cuda" else None)
     return row
 

@@ -279,7 +279,42 @@ def register(ee: types.ModuleType | None = None) -> types.ModuleType | None:
         _HOST_RESTORES_BY_CALL = False  # the 2023 host: restores through weights_copy.items()
     _register_trainer()
     _patch_base_editor(ee)
+    _memit_layer_outputs_as_tuples()
     return ee
+
+
+def _memit_layer_outputs_as_tuples() -> None:
+    """The 2023 MEMIT's ``compute_z`` indexes a decoder layer's output as a tuple: ``cur_out[0][i, idx, :]
+    += delta`` in its ``edit_output_fn`` and ``tr[loss_layer].output[0]`` for the loss. Under transformers 5
+    the layer returns the hidden-state tensor itself, so ``[0]`` takes the first sequence and the edit
+    raises IndexError. Here ``compute_z`` (only it) gets a ``TraceDict`` that shows a tensor output as a
+    1-tuple to its edit function and, once the traced block has run (``compute_z`` reads it after the
+    block), as its retained output. Tuple outputs (transformers 4) pass through unchanged. Idempotent."""
+    from easyeditor.util import nethook
+
+    # by module name: a star import in the host binds ``easyeditor.models`` to another module
+    compute_z = importlib.import_module("easyeditor.models.memit.compute_z")
+
+    if getattr(compute_z.nethook, "layer_outputs_as_tuples", False):
+        return
+
+    class TraceDict(nethook.TraceDict):
+        def __init__(self, module, layers=None, edit_output=None, **kwargs):
+            edit = edit_output
+
+            def as_tuple(output, layer):
+                return edit((output,), layer)[0] if isinstance(output, torch.Tensor) else edit(output, layer)
+
+            super().__init__(module, layers, edit_output=as_tuple if edit else None, **kwargs)
+
+        def __exit__(self, *exc):
+            for trace in self.values():
+                if isinstance(getattr(trace, "output", None), torch.Tensor):
+                    trace.output = (trace.output,)
+            return super().__exit__(*exc)
+
+    compute_z.nethook = types.SimpleNamespace(**{**vars(nethook), "TraceDict": TraceDict,
+                                                 "layer_outputs_as_tuples": True})
 
 
 def _register_trainer() -> None:

@@ -6,8 +6,6 @@ corpus into the host's own cache layout, and MEMIT gets the one fix it needs und
 """
 from __future__ import annotations
 
-import importlib
-import types
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -165,35 +163,22 @@ def memit_hparams(model_path: str, layout: dict[str, Any], stats_dir: str | Path
     return import_easyeditor().MEMITHyperParams(**{**config, **overrides})
 
 
-def fix_memit_layer_outputs() -> None:
-    """The 2023 MEMIT's ``compute_z`` indexes a decoder layer's output as a tuple: ``cur_out[0][i, idx, :]
-    += delta`` in its ``edit_output_fn`` and ``tr[loss_layer].output[0]`` for the loss. Under transformers 5
-    the layer returns the hidden-state tensor itself, so ``[0]`` takes the first sequence and the edit
-    raises IndexError. Here ``compute_z`` (only it) gets a ``TraceDict`` that shows a tensor output as a
-    1-tuple to its edit function and, once the traced block has run (``compute_z`` reads it after the
-    block), as its retained output. Tuple outputs (transformers 4) pass through unchanged. Idempotent."""
-    from easyeditor.util import nethook
+def prepare(alg: str, ctx) -> Any:
+    """The suite's ROME or MEMIT for ``ctx``: second moments of the rewrite modules' inputs from the
+    training records' text (cached by content), then the host's hparams."""
+    import json
 
-    # by module name: a star import in the host binds ``easyeditor.models`` to another module
-    compute_z = importlib.import_module("easyeditor.models.memit.compute_z")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if getattr(compute_z.nethook, "layer_outputs_as_tuples", False):
-        return
-
-    class TraceDict(nethook.TraceDict):
-        def __init__(self, module, layers=None, edit_output=None, **kwargs):
-            edit = edit_output
-
-            def as_tuple(output, layer):
-                return edit((output,), layer)[0] if isinstance(output, torch.Tensor) else edit(output, layer)
-
-            super().__init__(module, layers, edit_output=as_tuple if edit else None, **kwargs)
-
-        def __exit__(self, *exc):
-            for trace in self.values():
-                if isinstance(getattr(trace, "output", None), torch.Tensor):
-                    trace.output = (trace.output,)
-            return super().__exit__(*exc)
-
-    compute_z.nethook = types.SimpleNamespace(**{**vars(nethook), "TraceDict": TraceDict,
-                                                 "layer_outputs_as_tuples": True})
+    model = AutoModelForCausalLM.from_pretrained(ctx.model_path)
+    tok = AutoTokenizer.from_pretrained(ctx.model_path)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    layout = model_layout(model)
+    records = [r for path in ctx.train_files for r in json.loads(Path(path).read_text())][:DEFAULT_N_SAMPLES]
+    texts = [f"{r['prompt']} {r.get('ground_truth') or r['target_new']}. {r['rephrase_prompt']}" for r in records]
+    stats_dir = ctx.cache_dir("stats", DEFAULT_N_SAMPLES)
+    layers = rewrite_layers(layout)[alg]
+    compute_second_moments(model, tok, texts, [layout["rewrite_module_tmp"].format(i) for i in layers],
+                           stats_dir, n_samples=len(texts))
+    build = rome_hparams if alg == "ROME" else memit_hparams
+    return build(ctx.model_path, layout, stats_dir, n_samples=len(texts))
