@@ -32,7 +32,8 @@ MIB = 2 ** 20
 
 
 def module_shape(name: str, hidden: int, mlp: int) -> tuple[int, int]:
-    return (hidden, mlp) if name.rsplit(".", 1)[-1] in UP else (mlp, hidden)
+    module = name.removesuffix(".weight")  # the YAMLs name the edited weights, EasyEdit's way
+    return (hidden, mlp) if module.rsplit(".", 1)[-1] in UP else (mlp, hidden)
 
 
 def size_rows(path: str) -> tuple[list[str], int]:
