@@ -6,7 +6,7 @@ the file: a typo in a YAML must never silently fall back to a default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Type, TypeVar
+from typing import ClassVar, List, Optional, Type, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -54,30 +54,30 @@ class _DAFNetMethod:
     max_length: int = 40
     model_parallel: bool = False
 
+    NAME_KEY: ClassVar[str]            # the key that must say "DAFNet"
+
+    @classmethod
+    def from_hparams(cls, path: str):
+        if not path.endswith((".yaml", ".yml")):
+            path += ".yaml"
+        hp = load_strict(cls, path)
+        value = getattr(hp, cls.NAME_KEY)
+        if value.upper() != "DAFNET":
+            raise ValueError(f"{path}: key '{cls.NAME_KEY}' must be 'DAFNet', not '{value}'")
+        hp.model_name = resolve_model(hp.model_name)
+        return hp
+
     def network_config(self) -> NetworkConfig:
         return NetworkConfig(n_layers=self.n_layers, inner_dim=self.inner_dim, ffn_dim=self.ffn_dim,
                              att_dim=self.att_dim, att_heads=self.att_heads, gate_dim=self.gate_dim,
                              gate_heads=self.gate_heads, detach_gate=self.detach_gate)
 
 
-def _check_name(path: str, key: str, value: str) -> None:
-    if value.upper() != "DAFNET":
-        raise ValueError(f"{path}: key '{key}' must be 'DAFNet', not '{value}'")
-
-
 @dataclass
 class DAFNetHyperParams(_DAFNetMethod):
     """Everything ``BaseEditor`` and the DAFNet apply function read."""
     alg_name: str = MISSING            # must be "DAFNet"
-
-    @classmethod
-    def from_hparams(cls, path: str) -> "DAFNetHyperParams":
-        if not path.endswith((".yaml", ".yml")):
-            path += ".yaml"
-        hp = load_strict(cls, path)
-        _check_name(path, "alg_name", hp.alg_name)
-        hp.model_name = resolve_model(hp.model_name)
-        return hp
+    NAME_KEY: ClassVar[str] = "alg_name"
 
 
 @dataclass
@@ -124,12 +124,10 @@ class DAFNetTrainingHparams(_DAFNetMethod):
     dropout: float = 0.0
     no_grad_layers: Optional[int] = None
 
+    NAME_KEY: ClassVar[str] = "alg"
+
     @classmethod
     def from_hparams(cls, path: str) -> "DAFNetTrainingHparams":
-        if not path.endswith((".yaml", ".yml")):
-            path += ".yaml"
-        hp = load_strict(cls, path)
-        _check_name(path, "alg", hp.alg)
-        hp.model_name = resolve_model(hp.model_name)
+        hp = super().from_hparams(path)
         hp.tokenizer_name = hp.tokenizer_name or hp.model_name
         return hp
