@@ -72,3 +72,16 @@ def tiny_hparams(tiny_gpt2_dir):
     hp = DAFNetHyperParams.from_hparams(str(REPO / "hparams/DAFNet/tiny-gpt2.yaml"))
     hp.model_name = str(tiny_gpt2_dir)
     return hp
+
+
+def tiny_rome_config(model_dir, stats_dir) -> dict:
+    """ROME for the tiny 2-layer GPT-2: edit layer 0 at the last token, so that the one layer
+    after it carries the edit to the prediction (a random tiny model has no subject recall)."""
+    return {"alg_name": "ROME", "model_name": str(model_dir), "device": 0, "layers": [0],
+            "fact_token": "last", "v_num_grad_steps": 60, "v_lr": 0.5, "v_loss_layer": 1,
+            "v_weight_decay": 0.001, "clamp_norm_factor": 50, "kl_factor": 0.0, "mom2_adjustment": False,
+            "context_template_length_params": [[5, 5]], "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
+            "layer_module_tmp": "transformer.h.{}", "mlp_module_tmp": "transformer.h.{}.mlp",
+            "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
+            "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 10,
+            "mom2_dtype": "float32", "stats_dir": str(stats_dir), "max_length": 40}

@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, tiny_rome_config
 
 ROOT = os.environ.get("EASYEDIT_ROOT")
 pytestmark = pytest.mark.skipif(not ROOT, reason="set EASYEDIT_ROOT to a current EasyEdit checkout to run")
@@ -23,14 +23,7 @@ def test_dafnet_and_rome_through_current_base_editor(tiny_gpt2_dir, tmp_path):
     assert os.path.isdir(os.path.join(ROOT, "easyeditor")), f"EASYEDIT_ROOT={ROOT} holds no easyeditor/"
     dafnet = yaml.safe_load((REPO / "hparams/DAFNet/tiny-gpt2.yaml").read_text())
     dafnet["model_name"] = str(tiny_gpt2_dir)  # device stays 0, as in the shipped YAML
-    rome = {"alg_name": "ROME", "model_name": str(tiny_gpt2_dir), "device": 0, "layers": [0],
-            "fact_token": "last", "v_num_grad_steps": 60, "v_lr": 0.5, "v_loss_layer": 1,
-            "v_weight_decay": 0.001, "clamp_norm_factor": 50, "kl_factor": 0.0, "mom2_adjustment": False,
-            "context_template_length_params": [[5, 5]], "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
-            "layer_module_tmp": "transformer.h.{}", "mlp_module_tmp": "transformer.h.{}.mlp",
-            "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
-            "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 10,
-            "mom2_dtype": "float32", "stats_dir": str(tmp_path / "stats"), "max_length": 40}
+    rome = tiny_rome_config(tiny_gpt2_dir, tmp_path / "stats")
     for name, hp in (("dafnet", dafnet), ("rome", rome)):
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(hp))
     env = {**os.environ, "EASYEDIT_ROOT": ROOT,

@@ -11,7 +11,7 @@ import yaml
 import dafnet_plugin
 from dafnet_plugin import attached, host
 
-from conftest import FACTS
+from conftest import FACTS, tiny_rome_config
 
 ee = pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
 
@@ -71,14 +71,7 @@ def test_sequential_edits_accumulate(tiny_hparams):
 
 
 def test_rome_still_runs_through_the_same_base_editor(tiny_gpt2_dir, tmp_path):
-    rome = {"alg_name": "ROME", "model_name": str(tiny_gpt2_dir), "device": 0, "layers": [0],
-            "fact_token": "last", "v_num_grad_steps": 60, "v_lr": 0.5, "v_loss_layer": 1,
-            "v_weight_decay": 0.001, "clamp_norm_factor": 50, "kl_factor": 0.0, "mom2_adjustment": False,
-            "context_template_length_params": [[5, 5]], "rewrite_module_tmp": "transformer.h.{}.mlp.c_proj",
-            "layer_module_tmp": "transformer.h.{}", "mlp_module_tmp": "transformer.h.{}.mlp",
-            "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
-            "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 10,
-            "mom2_dtype": "float32", "stats_dir": str(tmp_path / "stats"), "max_length": 40}
+    rome = tiny_rome_config(tiny_gpt2_dir, tmp_path / "stats")
     (tmp_path / "rome.yaml").write_text(yaml.safe_dump(rome))
     hparams = ee.ROMEHyperParams.from_hparams(str(tmp_path / "rome.yaml"))
     editor = ee.BaseEditor.from_hparams(hparams)

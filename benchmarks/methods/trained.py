@@ -342,6 +342,25 @@ def _split_overrides(overrides: dict, fields: set[str]) -> dict:
     return dict(overrides)
 
 
+def _train_once(alg: str, training_class, training: dict, llama: bool, overrides: dict, host_path: str,
+                train_json, val_json, val_size: int, steps: int, work_dir: Path, space_targets: bool) -> Path:
+    """Finish ``training`` as the host's llama YAMLs and the overrides say, and train unless the
+    archive exists; returns the archive. ``training`` is updated in place: the editing hparams
+    copy its values."""
+    import dataclasses
+
+    if llama:  # hparams/TRAINING/<alg>/llama-7b.yaml
+        training.update(early_stop_patience=30000, early_stop_key="edit/acc_val")
+    training["val_interval"] = _val_interval(steps, training["val_interval"])
+    training.update(_split_overrides(overrides, {f.name for f in dataclasses.fields(training_class)}))
+    training["max_iters"] = steps + 1
+    archive = _archive_path(work_dir, alg, host_path)
+    if not archive.exists():
+        _train(alg, training_class(**training), str(train_json), val_json and str(val_json), val_size,
+               steps, archive, work_dir, space_targets)
+    return archive
+
+
 def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
                steps: int, *, n_layers: int = 3, val_json: str | os.PathLike | None = None,
                val_size: int = _DEFAULT_VAL_SIZE, space_targets: bool = True, **overrides):
@@ -351,7 +370,6 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
     ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
     ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
     register()
-    import dataclasses
 
     from easyeditor import MENDHyperParams, MENDTrainingHparams
 
@@ -365,15 +383,8 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
         **_MEND_METHOD, **_MEND_TRAINING, results_dir=str(work_dir / "training" / "MEND"), device="cuda:0",
         max_iters=steps + 1,
     )
-    if llama:  # hparams/TRAINING/MEND/llama-7b.yaml
-        training.update(early_stop_patience=30000, early_stop_key="edit/acc_val")
-    training["val_interval"] = _val_interval(steps, training["val_interval"])
-    training.update(_split_overrides(overrides, {f.name for f in dataclasses.fields(MENDTrainingHparams)}))
-    training["max_iters"] = steps + 1
-    archive = _archive_path(work_dir, "MEND", host_path)
-    if not archive.exists():
-        _train("MEND", MENDTrainingHparams(**training), str(train_json), val_json and str(val_json), val_size,
-               steps, archive, work_dir, space_targets)
+    archive = _train_once("MEND", MENDTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
+                          val_size, steps, work_dir, space_targets)
     # hparams/MEND/gpt2-xl.yaml: the training values, eval_only, the archive, a device index
     editing = _editing_fields(training, MENDHyperParams)
     editing.update(alg_name="MEND", archive=str(archive), device=0, lr_scale=lr_scale, eval_only=True,
@@ -390,7 +401,6 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
     SERAC decodes the edited model's token ids with its own) on ``train_json`` through the host's
     EditTrainer, unless ``work_dir/models/SERAC/<name>`` exists; return the host's ``SERACHparams``."""
     register()
-    import dataclasses
 
     from easyeditor import SERACHparams, SERACTrainingHparams
 
@@ -408,15 +418,8 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
         archive=None, **_SERAC_METHOD, **_SERAC_TRAINING, results_dir=str(work_dir / "training" / "SERAC"),
         device="cuda:0", max_iters=steps + 1,
     )
-    if llama:  # hparams/TRAINING/SERAC/llama-7b.yaml
-        training.update(early_stop_patience=30000, early_stop_key="edit/acc_val")
-    training["val_interval"] = _val_interval(steps, training["val_interval"])
-    training.update(_split_overrides(overrides, {f.name for f in dataclasses.fields(SERACTrainingHparams)}))
-    training["max_iters"] = steps + 1
-    archive = _archive_path(work_dir, "SERAC", host_path)
-    if not archive.exists():
-        _train("SERAC", SERACTrainingHparams(**training), str(train_json), val_json and str(val_json), val_size,
-               steps, archive, work_dir, space_targets)
+    archive = _train_once("SERAC", SERACTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
+                          val_size, steps, work_dir, space_targets)
     # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
