@@ -117,8 +117,10 @@ def prepare_mend(model, tok, work: Path):
 PREPARE = {"DAFNet": prepare_dafnet, "ROME": prepare_rome, "MEMIT": prepare_memit, "MEND": prepare_mend}
 
 
-def run_method(method: str, shape: dict, tok, device: str, reqs: list[dict]) -> dict:
-    """A fresh model, sequential edits through the host's apply function; a failure is a row with its reason."""
+def run_method(method: str, shape: dict, tok, device: str, reqs: list[dict],
+               max_seconds: float = float("inf")) -> dict:
+    """A fresh model, sequential edits through the host's apply function, until the requests or ``max_seconds``
+    of editing run out (the row says how many were made); a failure is a row with its reason."""
     from .protocols import Session
     seconds, row = [], {"method": method, "status": "ok", "error": None}
     if device == "cuda":
@@ -142,6 +144,8 @@ def run_method(method: str, shape: dict, tok, device: str, reqs: list[dict]) -> 
                     seconds.append(session.apply(request))
                 if (i + 1) % 10 == 0:
                     print(f"[{method}] {i + 1}/{len(reqs)} edits", file=sys.stderr, flush=True)
+                if sum(seconds) > max_seconds:
+                    break
     except Exception as error:  # noqa: BLE001
         where = traceback.extract_tb(error.__traceback__)[-1]
         row.update(status="failed", error=f"{type(error).__name__}: {error}"[:300]
@@ -158,6 +162,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--edits", type=int, default=100)
     p.add_argument("--methods", nargs="+", default=list(PREPARE), choices=list(PREPARE))
+    p.add_argument("--max-seconds", type=float, default=float("inf"),
+                   help="stop a method's sequence after this much editing time (a slow method on a short lease)")
     p.add_argument("--layers", type=int, default=32, help="model depth (fewer for a quicker run)")
     p.add_argument("--tokenizer", help="a tokenizer folder (default: the built-in SmolLM2's, built on first use)")
     p.add_argument("--out", help="also write the rows as JSON here")
@@ -172,7 +178,7 @@ def main() -> None:
     tok.pad_token = tok.pad_token or tok.eos_token
     reqs, rows = requests(3 if args.cpu_smoke else args.edits), []
     for method in args.methods:
-        rows.append(run_method(method, shape, tok, device, reqs))
+        rows.append(run_method(method, shape, tok, device, reqs, args.max_seconds))
         gc.collect()  # the method's model and state went with run_method's frame
         if device == "cuda":
             torch.cuda.empty_cache()
