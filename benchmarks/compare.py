@@ -70,6 +70,7 @@ def run(cfg: CompareConfig) -> dict:
     records = load_records(cfg.eval)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    check_same_setup(path, results.get("config"), asdict(cfg))
     results.update(preset=cfg.preset, model=cfg.model, dataset=cfg.dataset, host_version=host_version(),
                    device=torch.cuda.get_device_name() if cfg.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
                    config=asdict(cfg))
@@ -110,8 +111,22 @@ def run(cfg: CompareConfig) -> dict:
     return results
 
 
+# What a resumed run may change: which methods and lengths to add, and how fast it runs.
+RESUMABLE_CHANGES = {"methods", "T", "threads", "out", "cache", "preset"}
+
+
+def check_same_setup(path: Path, before: dict | None, now: dict) -> None:
+    """Rows from another setup must not be mixed into this run's table."""
+    if before is None:
+        return
+    changed = sorted(k for k in before if k not in RESUMABLE_CHANGES and before[k] != now.get(k))
+    if changed:
+        raise SystemExit(f"{path} holds rows from a different setup (changed: {', '.join(changed)}); "
+                         f"give another out=... or remove that file")
+
+
 def build_editor(method: str, ctx: Context, cfg: CompareConfig):
-    editor = build(method, ctx)
+    editor = build(method, ctx, cfg.hparams.get(method))
     if cfg.dtype != "float32":
         editor.model.to(getattr(torch, cfg.dtype))
     return editor

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 SHARED_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 ALL_METHODS = ["DAFNet", "MEND", "SERAC", "ROME", "MEMIT"]
@@ -27,6 +27,8 @@ class CompareConfig:
     out: Optional[str] = None              # default runs/<preset>
     cache: Optional[str] = None            # default ~/.cache/dafnet-easyedit/suite
     steps: Dict[str, int] = field(default_factory=dict)   # training steps per trained method
+    # per method, fields of its host hparams to replace, e.g. hparams.ROME.v_num_grad_steps=10
+    hparams: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 PRESETS: dict[str, dict] = {

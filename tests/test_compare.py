@@ -54,3 +54,24 @@ def test_suite_resumes_without_redoing_finished_rows(tiny_config, monkeypatch):
     assert calls == [2]  # only the new sequence length ran; the DAFNet archive came from the cache
     assert {(r["protocol"], r["T"]) for r in rows if r["method"] == "DAFNet"} == {
         ("single", 1), ("immediate", 4), ("final", 4), ("immediate", 2), ("final", 2)}
+
+
+def test_resume_refuses_rows_from_another_setup(tiny_config):
+    tiny_config.methods = ["NoSuchMethod"]  # fails at once, but writes results.json with its setup
+    compare.run(tiny_config)
+    tiny_config.n_single = 5
+    with pytest.raises(SystemExit, match="n_single"):
+        compare.run(tiny_config)
+
+
+def test_hparams_overrides_reach_the_host_hparams_and_unknown_fields_are_named(tiny_config):
+    from pathlib import Path
+
+    from benchmarks.methods import build
+    from benchmarks.methods.context import Context
+
+    ctx = Context(tiny_config.model, tiny_config.hparams_name, list(tiny_config.train), Path(tiny_config.cache),
+                  "cpu", dict(tiny_config.steps))
+    assert build("DAFNet", ctx, {"memory_limit": 7}).hparams.memory_limit == 7
+    with pytest.raises(KeyError, match="hparams.DAFNet.no_such_field"):
+        build("DAFNet", ctx, {"no_such_field": 1})

@@ -41,13 +41,19 @@ PREPARE: dict[str, Callable[[Context], object]] = {
 }
 
 
-def build(method: str, ctx: Context):
-    """The host's editor for ``method``, prepared."""
+def build(method: str, ctx: Context, overrides: dict | None = None):
+    """The host's editor for ``method``, prepared; ``overrides`` replace fields of its host hparams
+    (editing-time ones: training and statistics are prepared from the method's own defaults)."""
     from easyeditor import BaseEditor
 
     if method not in PREPARE:
         raise KeyError(f"unknown method '{method}'; known: {', '.join(PREPARE)}")
-    editor = BaseEditor.from_hparams(PREPARE[method](ctx))
+    hparams = PREPARE[method](ctx)
+    for key, value in (overrides or {}).items():
+        if not hasattr(hparams, key):
+            raise KeyError(f"hparams.{method}.{key}: {type(hparams).__name__} has no field '{key}'")
+        setattr(hparams, key, value)
+    editor = BaseEditor.from_hparams(hparams)
     if method in ("MEND", "SERAC"):
         from .trained import bind_fresh_executor
         bind_fresh_executor(editor)  # the host shares one executor per process across editors
