@@ -97,6 +97,7 @@ class DAFNetTrainingHparams(_DAFNetMethod):
     curriculum_patience: int = 3000    # steps without a new best smoothed loss before k grows
     curriculum_growth: float = 0.25    # k_max grows by max(growth * k_max, curriculum_min_step)
     curriculum_min_step: int = 10
+    curriculum_max_wait: int = 0       # > 0: k also grows at the latest this many steps after it last grew
     loss_ema: float = 0.01             # smoothing of the loss the curriculum watches
     model_save_pt: int = 500           # steps between checkpoints
     seed: int = 0

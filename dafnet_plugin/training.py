@@ -34,16 +34,20 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Curriculum:
-    """k is drawn uniformly from 1..k_max; k_max grows when the smoothed loss stops improving."""
+    """k is drawn uniformly from 1..k_max; k_max grows when the smoothed loss stops improving, or,
+    with ``max_wait`` > 0, at the latest ``max_wait`` steps after it last grew: a loss that keeps
+    improving slowly (short CPU runs) would otherwise never let training see a sequence."""
     cap: int
     patience: int
     growth: float = 0.25
     min_step: int = 10
     ema_decay: float = 0.01
+    max_wait: int = 0
     k_max: int = 1
     ema: float = math.nan
     best: float = math.inf
     best_step: int = 0
+    grown_step: int = 0
 
     def sample(self, rng: random.Random) -> int:
         return rng.randint(1, self.k_max)
@@ -52,10 +56,12 @@ class Curriculum:
         self.ema = loss if math.isnan(self.ema) else self.ema + self.ema_decay * (loss - self.ema)
         if self.ema < self.best:
             self.best, self.best_step = self.ema, step
-        elif step - self.best_step >= self.patience and self.k_max < self.cap:
+        stalled = step - self.best_step >= self.patience
+        overdue = self.max_wait > 0 and step - self.grown_step >= self.max_wait
+        if (stalled or overdue) and self.k_max < self.cap:
             self.k_max = min(self.cap, self.k_max + max(round(self.growth * self.k_max), self.min_step))
             # longer sequences are harder: the loss is watched afresh from here
-            self.best, self.best_step = math.inf, step
+            self.best, self.best_step, self.grown_step = math.inf, step, step
 
 
 def locality_kl(base_logits: torch.Tensor, post_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +113,7 @@ class DAFNetTrainer:
         self.opt = torch.optim.Adam(networks, lr=hp.lr)
         self.lr_opt = torch.optim.Adam([editor.edit_lrs], lr=hp.lr_lr)
         self.curriculum = Curriculum(hp.max_sequence, hp.curriculum_patience, hp.curriculum_growth,
-                                     hp.curriculum_min_step, hp.loss_ema)
+                                     hp.curriculum_min_step, hp.loss_ema, hp.curriculum_max_wait)
         self.step = 0
         if self.checkpoint.exists():
             self.resume(self.checkpoint)
@@ -126,7 +132,7 @@ class DAFNetTrainer:
         self.editor.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.lr_opt.load_state_dict(state["lr_opt"])
-        self.curriculum = Curriculum(**state["curriculum"])
+        self.curriculum = Curriculum(**{**state["curriculum"], "max_wait": self.curriculum.max_wait})
         self.step = state["step"]
 
     def train_step(self) -> dict[str, float]:

@@ -117,6 +117,10 @@ def test_curriculum_grows_when_the_loss_stalls_and_stops_at_its_cap():
     for step in range(1, 60):
         c.update(1.0 / step, step)  # always improving: no growth
     assert c.k_max == 1
+    c = Curriculum(cap=25, patience=5, max_wait=20)
+    for step in range(1, 60):
+        c.update(1.0 / step, step)  # still improving, but k_max is overdue at steps 20 and 40
+    assert c.k_max == 21
 
 
 def test_training_through_the_hosts_edit_trainer(tiny_gpt2_dir, tmp_path):
