@@ -93,7 +93,7 @@ def main() -> None:
     cfg = compare.load_config(None, None, [
         "preset=demo", f"model={model_path}", "hparams_name=smollm2-135m", "dataset=built-in facts",
         f"train=[{train}]", f"eval={val}", "methods=[DAFNet,MEND]", "T=[10,100]", "n_single=20",
-        "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=110", "steps.MEND=100",
+        "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=100", "steps.MEND=80",
         *args.overrides])
     results = compare.run(cfg)
     print((Path(cfg.out) / "results.md").read_text())
