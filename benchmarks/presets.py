@@ -33,9 +33,9 @@ class CompareConfig:
 
 PRESETS: dict[str, dict] = {
     # SmolLM2-135M on CounterFact, on a CPU
-    # SmolLM2-135M on CounterFact, on a CPU. ROME's v* optimisation is one forward and backward pass of
-    # the whole model per step and per context template; on 2 cores that is ~2 s a step, so ROME keeps
-    # 6 templates (as MEMIT has) instead of the host's 21: ~1 min an edit instead of ~3.
+    # SmolLM2-135M on CounterFact, on a CPU. ROME's v* optimisation runs the whole model forward and
+    # backward for every context template at every step, so ROME keeps 6 templates (as MEMIT has)
+    # instead of the host's 21: ~20 s an edit on 2 cores (MEMIT ~30 s).
     "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=20,
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
                        steps={"DAFNet": 400, "MEND": 400, "SERAC": 400},
