@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -49,6 +50,17 @@ def write_builtin_data(folder: Path, model_path: str) -> tuple[Path, Path]:
         edits = sorted(make_edits(split="val"), key=lambda e: (e.subject, e.relation) not in known)
         val.write_text(json.dumps(to_counterfact(edits)))
     return train, val
+
+
+def set_aside_stale_results(cfg: compare.CompareConfig) -> None:
+    """A demo made with other settings is kept as results.previous.json, so that a changed demo runs
+    afresh instead of refusing to resume (a resumed run never mixes setups)."""
+    path = Path(cfg.out) / "results.json"
+    if path.exists():
+        try:
+            compare.check_same_setup(path, json.loads(path.read_text()).get("config"), asdict(cfg))
+        except SystemExit:
+            path.rename(path.with_name("results.previous.json"))
 
 
 def show_edits(results_dir: Path, cfg: compare.CompareConfig, n: int = 4) -> None:
@@ -95,6 +107,7 @@ def main() -> None:
         f"train=[{train}]", f"eval={val}", "methods=[DAFNet,MEND]", "T=[10,100]", "n_single=20",
         "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=100", "steps.MEND=80",
         *args.overrides])
+    set_aside_stale_results(cfg)
     results = compare.run(cfg)
     print((Path(cfg.out) / "results.md").read_text())
     print(f"Plot: {Path(cfg.out) / 'metrics.png'}")

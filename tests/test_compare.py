@@ -75,3 +75,17 @@ def test_hparams_overrides_reach_the_host_hparams_and_unknown_fields_are_named(t
     assert build("DAFNet", ctx, {"memory_limit": 7}).hparams.memory_limit == 7
     with pytest.raises(KeyError, match="hparams.DAFNet.no_such_field"):
         build("DAFNet", ctx, {"no_such_field": 1})
+
+
+def test_demo_sets_aside_results_made_with_other_settings(tiny_config, tmp_path):
+    from benchmarks.demo import set_aside_stale_results
+
+    tiny_config.methods = ["NoSuchMethod"]
+    compare.run(tiny_config)
+    set_aside_stale_results(tiny_config)  # same settings: kept, so the run resumes
+    assert (tmp_path / "run" / "results.json").exists()
+    tiny_config.n_single = 5
+    set_aside_stale_results(tiny_config)
+    assert not (tmp_path / "run" / "results.json").exists()
+    assert (tmp_path / "run" / "results.previous.json").exists()
+    compare.run(tiny_config)  # and the changed setup now runs
