@@ -76,8 +76,7 @@ def run(cfg: CompareConfig) -> dict:
                    config=asdict(cfg))
     done = {(r["method"], r["protocol"], r["T"]) for r in results["rows"] if r["status"] == "ok"}
     results["rows"] = [r for r in results["rows"] if r["status"] == "ok"]  # failures are retried
-    ctx = Context(model_path, cfg.hparams_name, list(cfg.train), Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite"),
-                  cfg.device, dict(cfg.steps))
+    ctx = context_of(cfg, model_path)
     plan = [(1, ("single",))] + [(T, ("immediate", "final")) for T in cfg.T]
 
     def save() -> None:
@@ -109,6 +108,12 @@ def run(cfg: CompareConfig) -> dict:
         del editor
     write_report(out, results)
     return results
+
+
+def context_of(cfg: CompareConfig, model_path: str | None = None) -> Context:
+    """What each method's preparation gets from this setup (``model_path``: cfg.model, resolved)."""
+    return Context(model_path or resolve_model(cfg.model), cfg.hparams_name, list(cfg.train),
+                   Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite"), cfg.device, dict(cfg.steps))
 
 
 # What a resumed run may change: which methods and lengths to add, and how fast it runs.

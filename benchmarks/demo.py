@@ -66,11 +66,7 @@ def set_aside_stale_results(cfg: compare.CompareConfig) -> None:
 def show_edits(results_dir: Path, cfg: compare.CompareConfig, n: int = 4) -> None:
     """Edit a few held-apart facts one at a time with the trained DAFNet and print the model's
     greedy answers before and after each edit."""
-    from .methods import build
-    from .methods.context import Context
-
-    ctx = Context(cfg.model, cfg.hparams_name, list(cfg.train), Path(cfg.cache), cfg.device, dict(cfg.steps))
-    editor = build("DAFNet", ctx)
+    editor = compare.build_editor("DAFNet", compare.context_of(cfg), cfg)
     records = json.loads(Path(cfg.eval).read_text())[:n]
 
     def answer(prompt: str) -> str:

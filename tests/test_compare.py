@@ -65,13 +65,9 @@ def test_resume_refuses_rows_from_another_setup(tiny_config):
 
 
 def test_hparams_overrides_reach_the_host_hparams_and_unknown_fields_are_named(tiny_config):
-    from pathlib import Path
-
     from benchmarks.methods import build
-    from benchmarks.methods.context import Context
 
-    ctx = Context(tiny_config.model, tiny_config.hparams_name, list(tiny_config.train), Path(tiny_config.cache),
-                  "cpu", dict(tiny_config.steps))
+    ctx = compare.context_of(tiny_config)
     assert build("DAFNet", ctx, {"memory_limit": 7}).hparams.memory_limit == 7
     with pytest.raises(KeyError, match="hparams.DAFNet.no_such_field"):
         build("DAFNet", ctx, {"no_such_field": 1})
