@@ -66,16 +66,9 @@ def prepare_dafnet(model, tok, work: Path):
 
 
 def prepare_rome(model, tok, work: Path):
-    """The host's ROME. Its right vector comes out in fp32 (the target adds an fp32 delta) and its left one
-    in the model's dtype; their product fails on a bf16 model, so the right vector takes the left's dtype."""
+    """The host's ROME (its bf16 dtype fix is in dafnet_plugin.host)."""
     from easyeditor.models.rome import rome_main
     from .methods.locate_edit import model_layout, rome_hparams
-    if not getattr(rome_main.compute_v, "casts_to_left", False):
-        compute_v = rome_main.compute_v
-
-        def cast(model, tok, request, hparams, layer, left_vector, *rest):
-            return compute_v(model, tok, request, hparams, layer, left_vector, *rest).to(left_vector.dtype)
-        rome_main.compute_v, cast.casts_to_left = cast, True
     return rome_hparams(MODEL_NAME, model_layout(model), work, mom2_adjustment=False), rome_main.apply_rome_to_model
 
 

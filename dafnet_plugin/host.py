@@ -280,7 +280,23 @@ def register(ee: types.ModuleType | None = None) -> types.ModuleType | None:
     _register_trainer()
     _patch_base_editor(ee)
     _memit_layer_outputs_as_tuples()
+    _rome_right_vector_in_weight_dtype()
     return ee
+
+
+def _rome_right_vector_in_weight_dtype() -> None:
+    """The 2023 ROME's right vector comes out in fp32 (its target adds an fp32 delta) and its left one
+    in the model's dtype; their outer product fails on a bf16 or fp16 model. Here the right vector
+    takes the left one's dtype (a no-op in fp32). Idempotent."""
+    rome_main = importlib.import_module("easyeditor.models.rome.rome_main")  # by module name, as for MEMIT below
+    if getattr(rome_main.compute_v, "casts_to_left", False):
+        return
+    compute_v = rome_main.compute_v
+
+    def cast(model, tok, request, hparams, layer, left_vector, *rest):
+        return compute_v(model, tok, request, hparams, layer, left_vector, *rest).to(left_vector.dtype)
+    cast.casts_to_left = True
+    rome_main.compute_v = cast
 
 
 def _memit_layer_outputs_as_tuples() -> None:
