@@ -14,6 +14,7 @@ import argparse
 import json
 import platform
 import resource
+import time
 import traceback
 from dataclasses import asdict
 from pathlib import Path
@@ -70,12 +71,13 @@ def run(cfg: CompareConfig) -> dict:
     records = load_records(cfg.eval)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
-    check_same_setup(path, results.get("config"), asdict(cfg))
+    check_same_setup(path, results, asdict(cfg))
     results.update(preset=cfg.preset, model=cfg.model, dataset=cfg.dataset, host_version=host_version(),
                    device=torch.cuda.get_device_name() if cfg.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
                    config=asdict(cfg))
     done = {(r["method"], r["protocol"], r["T"]) for r in results["rows"] if r["status"] == "ok"}
     results["rows"] = [r for r in results["rows"] if r["status"] == "ok"]  # failures are retried
+    wall = results.setdefault("wall_s", {})  # per method: preparation and each T, in seconds
     ctx = context_of(cfg, model_path)
     plan = [(1, ("single",))] + [(T, ("immediate", "final")) for T in cfg.T]
 
@@ -84,8 +86,13 @@ def run(cfg: CompareConfig) -> dict:
 
     for method in cfg.methods:
         todo = [(T, protocols) for T, protocols in plan if any((method, p, T) not in done for p in protocols)]
+        left = [T for T, _ in todo if T > cfg.max_T.get(method, T)]
+        if left:
+            print(f"{method}: T={left} left for a later run (max_T.{method}={cfg.max_T[method]})")
+            todo = [(T, protocols) for T, protocols in todo if T not in left]
         if not todo:
             continue
+        start = time.perf_counter()
         try:
             editor = build_editor(method, ctx, cfg)
         except Exception as error:  # the method cannot run here: every row says why
@@ -93,7 +100,9 @@ def run(cfg: CompareConfig) -> dict:
                 results["rows"] += [failed(method, p, T, error) for p in protocols]
             save()
             continue
+        wall.setdefault(method, {})["prepare"] = round(time.perf_counter() - start, 1)
         for T, protocols in todo:
+            start = time.perf_counter()
             n = cfg.n_single if T == 1 else cfg.sequences * T
             try:
                 with tqdm(total=n, desc=f"{method} T={T}") as bar:
@@ -104,6 +113,7 @@ def run(cfg: CompareConfig) -> dict:
                                             "status": "ok", "error": None})
             except Exception as error:
                 results["rows"] += [failed(method, p, T, error) for p in protocols]
+            wall[method][f"T={T}"] = round(time.perf_counter() - start, 1)
             save()
         del editor
     write_report(out, results)
@@ -117,14 +127,21 @@ def context_of(cfg: CompareConfig, model_path: str | None = None) -> Context:
 
 
 # What a resumed run may change: which methods and lengths to add, and how fast it runs.
-RESUMABLE_CHANGES = {"methods", "T", "threads", "out", "cache", "preset"}
+RESUMABLE_CHANGES = {"methods", "T", "max_T", "threads", "out", "cache", "preset"}
+# Settings of one method: a change matters only where that method already has rows.
+PER_METHOD = {"steps", "hparams"}
 
 
-def check_same_setup(path: Path, before: dict | None, now: dict) -> None:
-    """Rows from another setup must not be mixed into this run's table."""
+def check_same_setup(path: Path, results: dict, now: dict) -> None:
+    """Rows from another setup must not be mixed into this run's table (``results``: what
+    ``path`` holds)."""
+    before = results.get("config")
     if before is None:
         return
-    changed = sorted(k for k in before if k not in RESUMABLE_CHANGES and before[k] != now.get(k))
+    changed = [k for k in before if k not in RESUMABLE_CHANGES | PER_METHOD and before[k] != now.get(k)]
+    with_rows = sorted({r["method"] for r in results.get("rows", []) if r["status"] == "ok"})
+    changed += [f"{k}.{m}" for k in sorted(PER_METHOD) for m in with_rows
+                if (before.get(k) or {}).get(m) != (now.get(k) or {}).get(m)]
     if changed:
         raise SystemExit(f"{path} holds rows from a different setup (changed: {', '.join(changed)}); "
                          f"give another out=... or remove that file")

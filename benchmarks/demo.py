@@ -58,7 +58,7 @@ def set_aside_stale_results(cfg: compare.CompareConfig) -> None:
     path = Path(cfg.out) / "results.json"
     if path.exists():
         try:
-            compare.check_same_setup(path, json.loads(path.read_text()).get("config"), asdict(cfg))
+            compare.check_same_setup(path, json.loads(path.read_text()), asdict(cfg))
         except SystemExit:
             path.rename(path.with_name("results.previous.json"))
 

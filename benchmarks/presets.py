@@ -19,6 +19,8 @@ class CompareConfig:
     eval: str = f"{SHARED_DATA}/counterfact-val.json"
     methods: List[str] = field(default_factory=lambda: list(ALL_METHODS))
     T: List[int] = field(default_factory=lambda: [10, 100, 1000])   # sequential lengths; T = 1 always runs
+    # per method, the longest T this run does; longer ones are left for a later run (which resumes)
+    max_T: Dict[str, int] = field(default_factory=dict)
     n_single: int = 100                    # edits for the single-turn protocol
     sequences: int = 1                     # sequences per T (n_edits = sequences * T)
     device: str = "cpu"
@@ -32,13 +34,14 @@ class CompareConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # SmolLM2-135M on CounterFact, on a CPU
-    # SmolLM2-135M on CounterFact, on a CPU. ROME's v* optimisation runs the whole model forward and
-    # backward for every context template at every step, so ROME keeps 6 templates (as MEMIT has)
-    # instead of the host's 21: ~20 s an edit on 2 cores (MEMIT ~30 s).
+    # SmolLM2-135M on CounterFact, on a CPU, in under 2 hours on 2 cores. ROME's v* optimisation runs
+    # the whole model forward and backward for every context template at every step, so ROME keeps 6
+    # templates (as MEMIT has) instead of the host's 21: ~17 s an edit (MEMIT ~30 s). Their 100-edit
+    # sequences alone would take ~80 min, so this run stops them at T = 10; a second command adds
+    # them (it resumes): max_T.ROME=100 max_T.MEMIT=100. SERAC's host trainer takes ~6 s a step.
     "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=20,
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
-                       steps={"DAFNet": 400, "MEND": 400, "SERAC": 400},
+                       steps={"DAFNet": 400, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},
                        hparams={"ROME": {"context_template_length_params": [[5, 5]]}}),
     # GPU presets: Hugging Face names, the authors' YAMLs, bfloat16
     "gpt2-xl": dict(model="gpt2-xl", hparams_name="gpt2-xl", device="cuda", dtype="bfloat16"),

@@ -64,6 +64,26 @@ def test_resume_refuses_rows_from_another_setup(tiny_config):
         compare.run(tiny_config)
 
 
+def test_resume_may_change_a_method_that_has_no_rows_yet(tiny_config):
+    tiny_config.methods, tiny_config.T = ["DAFNet"], []
+    compare.run(tiny_config)
+    tiny_config.methods, tiny_config.steps = [], {"DAFNet": 6, "MEND": 3}  # MEND has no rows: fine
+    compare.run(tiny_config)
+    tiny_config.steps = {"DAFNet": 7, "MEND": 3}
+    with pytest.raises(SystemExit, match=r"steps\.DAFNet"):
+        compare.run(tiny_config)
+
+
+def test_max_T_leaves_longer_sequences_for_a_later_run(tiny_config):
+    tiny_config.methods, tiny_config.max_T = ["DAFNet"], {"DAFNet": 1}
+    results = compare.run(tiny_config)
+    assert {(r["protocol"], r["T"]) for r in results["rows"]} == {("single", 1)}
+    assert set(results["wall_s"]["DAFNet"]) == {"prepare", "T=1"}
+    tiny_config.max_T = {}
+    rows = compare.run(tiny_config)["rows"]
+    assert {(r["protocol"], r["T"]) for r in rows} == {("single", 1), ("immediate", 4), ("final", 4)}
+
+
 def test_hparams_overrides_reach_the_host_hparams_and_unknown_fields_are_named(tiny_config):
     from benchmarks.methods import build
 

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from tqdm.auto import tqdm
 
 from dafnet_plugin.host import register
 
@@ -285,11 +286,13 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
             param.requires_grad_(name in inner)
     step_seconds: list[float] = []
     train_step = trainer.train_step
+    bar = tqdm(total=steps, desc=f"{alg} training (host EditTrainer)")  # the host's own log is silent
 
     def timed_step(batch):
         t = time.perf_counter()
         info = train_step(batch)
         step_seconds.append(time.perf_counter() - t)
+        bar.update()
         return info
 
     trainer.train_step = timed_step
@@ -301,6 +304,7 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
         # MEND's hooks read the output gradient, which torch gives whether or not the input needs one
         warnings.filterwarnings("ignore", message="Full backward hook is firing")
         trainer.run()
+    bar.close()
     run_s = time.perf_counter() - start
     if len(step_seconds) != steps:
         raise RuntimeError(f"{alg}: the host's trainer ran {len(step_seconds)} steps, not {steps}")
