@@ -99,13 +99,17 @@ class Session:
     """Edits through the host's apply function and restores the model between sequences.
 
     ``model`` is what the last edit returned: the editor's own model for methods that edit in
-    place (and DAFNet), a wrapper for SERAC, whose 2023 executor keeps only the latest edit.
+    place (and DAFNet), SERAC's wrapper (its memory of the sequence's edits) for SERAC.
     """
 
     def __init__(self, editor) -> None:
         self.editor = editor
         self.model = editor.model
         self.originals: dict[str, torch.Tensor] = {}
+        self.serac_memory = None
+        if editor.alg_name == "SERAC":
+            from benchmarks.methods.trained import SeracMemory
+            self.serac_memory = SeracMemory(editor)
 
     def apply(self, request: dict) -> float:
         e = self.editor
@@ -116,6 +120,8 @@ class Session:
             self.model, weights_copy = e.apply_algo(e.model, e.tok, [request], e.hparams, copy=False,
                                                     return_orig_weights=True, keep_original_weight=True)
         seconds = time.perf_counter() - start
+        if self.serac_memory is not None:
+            self.serac_memory.carry(self.model)
         if type(weights_copy) is dict:  # DAFNet's UndoEdit is undone by reset() instead
             for name, value in weights_copy.items():  # keep the first (original) copy of each weight
                 self.originals.setdefault(name, value.detach().clone())
@@ -128,6 +134,8 @@ class Session:
             params[name].copy_(value.to(params[name].device))
         self.originals.clear()
         self.model = self.editor.model
+        if self.serac_memory is not None:
+            self.serac_memory.reset()
         state = attached(self.editor.model)
         if state is not None:
             state.reset()

@@ -65,6 +65,18 @@ def tiny_llama_dir(tmp_path_factory, tokenizer_dir) -> Path:
     return _save(LlamaForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp("m") / "tiny-smol")
 
 
+@pytest.fixture(scope="session")
+def tiny_facts_model(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny preset model (dafnet_plugin.tiny_model), trained here to know the built-in facts:
+    (its cache root, its folder). Built once per session, in about 1.5 CPU-minutes."""
+    from dafnet_plugin import tiny_model
+
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DAFNET_CACHE", str(cache))
+        return cache, tiny_model.tiny_model_path()
+
+
 @pytest.fixture
 def tiny_hparams(tiny_gpt2_dir):
     from dafnet_plugin import DAFNetHyperParams

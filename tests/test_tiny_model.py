@@ -39,16 +39,8 @@ def test_untrained_model_knows_almost_nothing(folder: str, request: pytest.Fixtu
         greedy_continuations(model, tok, [p], 3)[0] for p in prompts]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, str]:
-    cache = tmp_path_factory.mktemp("cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DAFNET_CACHE", str(cache))
-        return cache, tiny_model.tiny_model_path()
-
-
-def test_tiny_model_knows_the_facts(built: tuple[Path, str]) -> None:
-    cache, path = built
+def test_tiny_model_knows_the_facts(tiny_facts_model: tuple[Path, str]) -> None:
+    cache, path = tiny_facts_model
     assert Path(path) == cache / "models" / "tiny-facts-gpt2" and "gpt" in Path(path).name
     assert sorted(os.listdir(cache / "models")) == ["tiny-facts-gpt2"]  # no temporary folder left behind
     model = AutoModelForCausalLM.from_pretrained(path).eval()
@@ -63,8 +55,8 @@ def test_tiny_model_knows_the_facts(built: tuple[Path, str]) -> None:
     assert known_share(model, tok, to_counterfact(edits))[0] == known_share(model, tok, edits)[0]
 
 
-def test_second_call_uses_the_cache(built: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    cache, path = built
+def test_second_call_uses_the_cache(tiny_facts_model: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, path = tiny_facts_model
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached tiny model was built again")

@@ -116,6 +116,20 @@ def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_d
     assert (after - before).abs().max() > 1e-3  # the edit is in the cache: the counterfactual model weighs in
     assert set(metrics[0]["post"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
 
+    # in a sequence SERAC remembers every edit (the host's executor alone keeps only the latest)
+    from easyeditor import BaseEditor
+    from benchmarks.protocols import Session, request_of
+
+    editor = BaseEditor.from_hparams(hp)
+    trained.bind_fresh_executor(editor)
+    session = Session(editor)
+    for record in RECORDS[:3]:
+        session.apply(request_of(record))
+    assert [c.split(" ")[0] for c in session.model.cache_inputs] == [r["prompt"].split(" ")[0] for r in RECORDS[:3]]
+    session.restore()
+    session.apply(request_of(RECORDS[3]))
+    assert len(session.model.cache_inputs) == 1  # restored: the next sequence starts empty
+
 
 def test_minilm_classifier_is_found_when_installed():
     try:

@@ -12,6 +12,8 @@ def _dafnet(ctx: Context):
     return prepare(ctx)
 
 
+# MEND and SERAC train on the first of the training files (the task's own train split, as the host
+# trains them); DAFNet on all of them, since its authors' DAFSet is part of their method.
 def _mend(ctx: Context):
     from .trained import train_mend
 

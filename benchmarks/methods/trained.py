@@ -154,13 +154,13 @@ def minilm_path() -> str:
 
 def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3) -> list[str]:
     """MEND's edited weights: the MLP weights of the last ``n_layers`` layers, in the host YAMLs'
-    order (GPT-2: c_proj, c_fc; LLaMA family: gate, up, down)."""
+    order (GPT-2: c_proj, c_fc; LLaMA family: gate, up, down); all layers of a shallower model."""
     cfg = _model_config(model_path)
     if cfg.get("model_type") == "gpt2":
         total = cfg.get("n_layer", cfg.get("num_hidden_layers"))
-        return [f"transformer.h.{i}.{p}" for i in range(total - n_layers, total) for p in GPT2_MLP]
+        return [f"transformer.h.{i}.{p}" for i in range(max(0, total - n_layers), total) for p in GPT2_MLP]
     total = cfg["num_hidden_layers"]
-    return [f"model.layers.{i}.{p}" for i in range(total - n_layers, total) for p in LLAMA_MLP]
+    return [f"model.layers.{i}.{p}" for i in range(max(0, total - n_layers), total) for p in LLAMA_MLP]
 
 
 def _model_class(model_path: str) -> str:
@@ -428,6 +428,26 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
     return SERACHparams(**editing)
+
+
+class SeracMemory:
+    """SERAC's edits in sequence. The 2023 executor builds every edit on its own unedited SERAC
+    (``executor.alg``, whose memory stays empty), so each edit would replace the one before and a
+    sequence would keep only its latest edit. ``carry`` makes the SERAC an edit returned the base
+    of the next edit, so the memory grows as SERAC's method says; ``reset`` empties it."""
+
+    def __init__(self, editor) -> None:
+        self.executor = editor.apply_algo.__self__
+        self.unedited = None
+
+    def carry(self, edited) -> None:
+        if self.unedited is None:
+            self.unedited = self.executor.alg
+        self.executor.alg = edited
+
+    def reset(self) -> None:
+        if self.unedited is not None:
+            self.executor.alg, self.unedited = self.unedited, None
 
 
 def bind_fresh_executor(editor) -> None:
