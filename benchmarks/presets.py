@@ -34,10 +34,10 @@ class CompareConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # SmolLM2-135M on CounterFact, on a CPU, in under 2 hours on 2 cores. ROME's v* optimisation runs
+    # SmolLM2-135M on CounterFact, on a CPU, in about 2 hours on 2 cores. ROME's v* optimisation runs
     # the whole model forward and backward for every context template at every step, so ROME keeps 6
     # templates (as MEMIT has) instead of the host's 21: ~17 s an edit (MEMIT ~30 s). Their 100-edit
-    # sequences alone would take ~80 min, so this run stops them at T = 10; a second command adds
+    # sequences took 40 and 52 min more, so this run stops them at T = 10; a second command adds
     # them (it resumes): max_T.ROME=100 max_T.MEMIT=100. SERAC's host trainer takes ~9 s a step.
     "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=20,
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
