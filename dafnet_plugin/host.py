@@ -3,7 +3,8 @@
 It imports EasyEdit (the 2023 release on the package index, or a current checkout named by
 ``EASYEDIT_ROOT`` or already on ``sys.path``) with the fewest named fixes this stack needs, and
 registers DAFNet: the apply function in ``ALG_DICT``, the trainable editor in ``ALG_TRAIN_DICT``,
-and restore for both host generations.
+and restore for both host generations. Fixes to other methods of the host are applied only when
+asked for (``fix_rome_and_memit``, which the comparison suite calls).
 """
 from __future__ import annotations
 
@@ -279,9 +280,18 @@ def register(ee: types.ModuleType | None = None) -> types.ModuleType | None:
         _HOST_RESTORES_BY_CALL = False  # the 2023 host: restores through weights_copy.items()
     _register_trainer()
     _patch_base_editor(ee)
+    return ee
+
+
+# ----- fixes for the host's ROME and MEMIT, only for those who ask ------------------------------
+def fix_rome_and_memit() -> None:
+    """Make the host's ROME and MEMIT run on transformers 5 and on bf16/fp16 models: MEMIT's
+    ``compute_z`` reads decoder-layer outputs as tuples, ROME's right vector takes its left one's
+    dtype. ``register`` does not call this (registering DAFNet leaves the other methods as the host
+    wrote them); the comparison suite does, where it prepares ROME and MEMIT. Idempotent."""
+    import_easyeditor()
     _memit_layer_outputs_as_tuples()
     _rome_right_vector_in_weight_dtype()
-    return ee
 
 
 def _rome_right_vector_in_weight_dtype() -> None:

@@ -11,7 +11,7 @@ import yaml
 import dafnet_plugin
 from dafnet_plugin import attached, host
 
-from conftest import FACTS, tiny_rome_config
+from conftest import FACTS, REPO, tiny_rome_config
 
 ee = pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
 
@@ -78,3 +78,41 @@ def test_rome_still_runs_through_the_same_base_editor(tiny_gpt2_dir, tmp_path):
     kwargs = dict(prompts=[FACTS[0][0]], target_new=["London"], ground_truth=["Paris"], subject=["France"])
     metrics, _, _ = editor.edit(**kwargs)
     assert metrics[0]["post"]["rewrite_acc"][0] > metrics[0]["pre"]["rewrite_acc"][0]
+
+
+HOST_METHODS_UNTOUCHED = """
+import json, sys
+import dafnet_plugin
+from dafnet_plugin import host
+host.register()
+rome_main = sys.modules["easyeditor.models.rome.rome_main"]
+compute_z = sys.modules["easyeditor.models.memit.compute_z"]
+as_defined = lambda: {
+    "compute_v": rome_main.compute_v is sys.modules["easyeditor.models.rome.compute_v"].compute_v,
+    "nethook": compute_z.nethook is sys.modules["easyeditor.util.nethook"]}
+out = {"registered": as_defined()}
+host.fix_rome_and_memit()
+host.fix_rome_and_memit()
+out["fixed"] = as_defined()
+out["fix_marks"] = [getattr(rome_main.compute_v, "casts_to_left", False),
+                    getattr(compute_z.nethook, "layer_outputs_as_tuples", False),
+                    compute_z.nethook.TraceDict.__module__ == "dafnet_plugin.host"]
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_registration_leaves_rome_and_memit_as_the_host_wrote_them():
+    """``import dafnet_plugin`` and ``register`` leave ROME's ``compute_v`` and MEMIT's ``compute_z``
+    alone; the transformers-5 fixes come only with ``fix_rome_and_memit`` (which the suite calls).
+    In a fresh interpreter: other tests in this process may have asked for the fixes."""
+    import json
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", HOST_METHODS_UNTOUCHED], capture_output=True, text=True,
+                         cwd=str(REPO), timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert out["registered"] == {"compute_v": True, "nethook": True}
+    assert out["fixed"] == {"compute_v": False, "nethook": False}
+    assert out["fix_marks"] == [True, True, True]

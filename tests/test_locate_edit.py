@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-import dafnet_plugin  # noqa: F401  imports the host with its fixes
+import dafnet_plugin  # noqa: F401  imports the host
 from conftest import FACTS
 
 ee = pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
@@ -110,3 +110,19 @@ def test_edit_through_base_editor_and_restore(alg, tiny, tmp_path, no_download):
     assert metrics[0]["post"]["rewrite_acc"][0] > metrics[0]["pre"]["rewrite_acc"][0]
     for name, value in edited.state_dict().items():
         assert torch.equal(value, weights[name]), name
+
+
+@pytest.mark.parametrize("alg", ["ROME", "MEMIT"])
+def test_the_suites_rome_and_memit_get_their_fixes(alg, tiny, tmp_path, monkeypatch):
+    """The transformers-5 / bf16 fixes come with the suite's hparams, not with ``import dafnet_plugin``
+    (test_host checks that side in a fresh interpreter)."""
+    rome_main = importlib.import_module("easyeditor.models.rome.rome_main")
+    compute_z = importlib.import_module("easyeditor.models.memit.compute_z")
+    # as the host wrote them, whatever earlier tests in this process asked for; restored afterwards
+    monkeypatch.setattr(rome_main, "compute_v", importlib.import_module("easyeditor.models.rome.compute_v").compute_v)
+    monkeypatch.setattr(compute_z, "nethook", importlib.import_module("easyeditor.util.nethook"))
+    path, model, _ = tiny
+    build = locate_edit.rome_hparams if alg == "ROME" else locate_edit.memit_hparams
+    build(path, locate_edit.model_layout(model), tmp_path, N_SAMPLES)
+    assert getattr(rome_main.compute_v, "casts_to_left", False)
+    assert getattr(compute_z.nethook, "layer_outputs_as_tuples", False)

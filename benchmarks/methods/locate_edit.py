@@ -2,7 +2,8 @@
 
 The host's hyperparameter files each name one model; here the same objects are built from a loaded
 model's layout, the second-moment statistics the host would download are computed from a local
-corpus into the host's own cache layout, and MEMIT gets the one fix it needs under transformers 5.
+corpus into the host's own cache layout, and both get the fixes they need on transformers 5 and on
+bf16 models (``dafnet_plugin.host.fix_rome_and_memit``: applied here, not by ``import dafnet_plugin``).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from dafnet_plugin.host import import_easyeditor
+from dafnet_plugin.host import fix_rome_and_memit, import_easyeditor
 
 # Names the statistics after their corpus. The host looks this name up in a dict of Hugging Face
 # datasets only when the statistics file is missing, so a missing file fails (KeyError) instead of
@@ -131,6 +132,7 @@ def rewrite_layers(layout: dict[str, Any]) -> dict[str, list[int]]:
 
 def _common(alg: str, model_path: str, layout: dict[str, Any], stats_dir: str | Path, n_samples: int,
             ds_name: str) -> dict[str, Any]:
+    fix_rome_and_memit()  # every ROME or MEMIT of the suite is built here
     d = FAMILY_DEFAULTS[layout["family"]]
     templates = {k: v for k, v in layout.items() if k.endswith(("_tmp", "_module"))}
     return dict(alg_name=alg, model_name=model_path, device=0, layers=rewrite_layers(layout)[alg],
