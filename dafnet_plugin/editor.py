@@ -68,7 +68,7 @@ class DAFNetEditor(nn.Module):
     learning rates; the model is referenced, never registered, so it is not in ``state_dict``."""
 
     def __init__(self, model: nn.Module, module_names: Sequence[str], cfg: NetworkConfig,
-                 init_edit_lr: float = 1e-4, memory_limit: int = 0) -> None:
+                 init_edit_lr: float = 1e-4, memory_limit: int = 0, precondition: bool = False) -> None:
         super().__init__()
         self.__dict__["model"] = model
         named = dict(model.named_modules())
@@ -88,6 +88,12 @@ class DAFNetEditor(nn.Module):
         self.route = {name: (f"{i}x{o}", mode) for (i, o), names in groups.items()
                       for mode, name in enumerate(names)}
         self.edit_lrs = nn.Parameter(torch.full((len(self.module_names),), float(init_edit_lr)))
+        # Optional: each update's input side is multiplied by the inverse second moment of the
+        # module's inputs (as MEMIT does), so summed updates act on their own keys and little on
+        # others. Identity until estimate_preconditioners() sets it; archives carry it.
+        self.preconditioners = nn.ModuleDict(
+            {str(i): _Preconditioner(_shape(self.edited[n])[0]) for i, n in enumerate(self.module_names)}
+        ) if precondition else None
         device = next(model.parameters()).device
         self.to(device)
         self.deltas: dict[str, torch.Tensor | None] = {}
@@ -189,12 +195,17 @@ class DAFNetEditor(nn.Module):
 
     def edit(self, batch: EditBatch, detach_past: bool = True) -> None:
         """Add the k edits of ``batch`` to the running sequence, in order (causally)."""
-        signals = self.gradient_signals(batch)
-        k = batch.input_ids.shape[0]
+        self.edit_signals(self.gradient_signals(batch), batch.input_ids.shape[0], detach_past)
+
+    def edit_signals(self, signals: dict[str, tuple[torch.Tensor, torch.Tensor]], k: int,
+                     detach_past: bool = True) -> None:
+        """``edit`` from gradient signals already computed (``gradient_signals``' form), e.g. cached."""
         for index, name in enumerate(self.module_names):
             key, mode = self.route[name]
             x, edit_index = signals[name]
             update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name])
+            if self.preconditioners is not None:
+                update = self.preconditioners[str(index)].inverse @ update
             step = self.edit_lrs[index] * update
             past = self.deltas[name]
             if past is not None:
@@ -202,6 +213,18 @@ class DAFNetEditor(nn.Module):
             self.deltas[name] = step
             self.memory[name] = [self._capped(torch.cat([m, v], 0)) for m, v in zip(self.memory[name], vectors)]
         self.n_edits += k
+
+    @torch.no_grad()
+    def estimate_preconditioners(self, second_moments: dict[str, torch.Tensor], damping: float) -> None:
+        """Set each module's preconditioner to (C / c̄ + damping·I)⁻¹, C its inputs' uncentred second
+        moment (d_in, d_in) and c̄ C's mean diagonal: scaled so that the edit learning rates keep
+        their meaning; ``damping`` keeps rare input directions from being blown up."""
+        if self.preconditioners is None:
+            raise RuntimeError("this editor was built with precondition: false")
+        for index, name in enumerate(self.module_names):
+            c = second_moments[name].double()
+            c = c / c.diagonal().mean() + damping * torch.eye(c.shape[0], dtype=c.dtype, device=c.device)
+            self.preconditioners[str(index)].inverse.copy_(torch.linalg.inv(c).float())
 
     def _capped(self, memory: torch.Tensor) -> torch.Tensor:
         return memory[-self.memory_limit:] if self.memory_limit else memory
@@ -221,6 +244,12 @@ class DAFNetEditor(nn.Module):
         self.load_state_dict(state)
 
 
+class _Preconditioner(nn.Module):
+    def __init__(self, d_in: int) -> None:
+        super().__init__()
+        self.register_buffer("inverse", torch.eye(d_in))
+
+
 def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None) -> DAFNetEditor:
     """The DAFNet editor living on ``model``, created (and its archive loaded) on first use.
 
@@ -229,7 +258,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
     ``seed`` makes the networks' initialisation repeatable without touching the global RNG.
     """
     key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
-           hparams.memory_limit, hparams.archive)
+           hparams.memory_limit, hparams.precondition, hparams.archive)
     editor = attached(model)
     if editor is not None and editor.hparams_key == key:
         return editor
@@ -239,7 +268,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
         if seed is not None:
             torch.manual_seed(seed)
         editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
-                              hparams.memory_limit).eval()
+                              hparams.memory_limit, hparams.precondition).eval()
     if hparams.archive:
         editor.load_archive(hparams.archive)
     editor.hparams_key = key

@@ -369,8 +369,13 @@ def _training_sequences(run: Callable) -> Callable:
         if tok is None:
             from transformers import AutoTokenizer
             tok = AutoTokenizer.from_pretrained(self.config.tokenizer_name or self.config.model_name)
+        cache = None
+        if self.config.trunk_cache:
+            from .training import trunk_cache_for
+            sources = {name: [src[i] for i in range(len(src))] for name, src in train_set.sources.items()}
+            cache = trunk_cache_for(self.model.editor, tok, sources, self.config)
         trainer = DAFNetTrainer(self.model.editor, tok, self.config,
-                                lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint)
+                                lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint, cache)
         self.dafnet_trainer = trainer
         return trainer.run()
     call.__dafnet_wrapped__ = True

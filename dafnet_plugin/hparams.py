@@ -12,7 +12,9 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .default_model import resolve_model
-from .network import NetworkConfig
+from .network import FUSIONS, NetworkConfig
+
+CURRICULA = ("stall", "uniform")
 
 T = TypeVar("T")
 
@@ -50,6 +52,8 @@ class _DAFNetMethod:
     init_edit_lr: float = MISSING
     detach_gate: bool = False          # True: the authors' gate that never trains
     memory_limit: int = 0              # past edit vectors kept per layer and module; 0 keeps all
+    fusion: str = "additive"           # "convex": the authors' rule (edit t of T acts at ~1/t)
+    precondition: bool = False         # True: updates act through the inverse second moment of inputs
     archive: Optional[str] = None      # trained DAFNet weights; None edits with an untrained network
     max_length: int = 40
     model_parallel: bool = False
@@ -64,13 +68,17 @@ class _DAFNetMethod:
         value = getattr(hp, cls.NAME_KEY)
         if value.upper() != "DAFNET":
             raise ValueError(f"{path}: key '{cls.NAME_KEY}' must be 'DAFNet', not '{value}'")
+        choices = {"fusion": FUSIONS, "curriculum": CURRICULA}
+        for key, allowed in choices.items():
+            if hasattr(hp, key) and getattr(hp, key) not in allowed:
+                raise ValueError(f"{path}: key '{key}' must be one of {', '.join(allowed)}, not '{getattr(hp, key)}'")
         hp.model_name = resolve_model(hp.model_name)
         return hp
 
     def network_config(self) -> NetworkConfig:
         return NetworkConfig(n_layers=self.n_layers, inner_dim=self.inner_dim, ffn_dim=self.ffn_dim,
                              att_dim=self.att_dim, att_heads=self.att_heads, gate_dim=self.gate_dim,
-                             gate_heads=self.gate_heads, detach_gate=self.detach_gate)
+                             gate_heads=self.gate_heads, detach_gate=self.detach_gate, fusion=self.fusion)
 
 
 @dataclass
@@ -98,6 +106,16 @@ class DAFNetTrainingHparams(_DAFNetMethod):
     curriculum_growth: float = 0.25    # k_max grows by max(growth * k_max, curriculum_min_step)
     curriculum_min_step: int = 10
     curriculum_max_wait: int = 0       # > 0: k also grows at the latest this many steps after it last grew
+    curriculum: str = "stall"          # "stall": the authors' growing k_max; "uniform": k in 1..max_sequence from step 1
+    # The cached trunk: the layers below the first edited one never change while DAFNet trains, so
+    # their outputs for trunk_pool training records (edit, rephrase and locality prompts) and the
+    # unedited gradient signals are computed once and cached; each step runs only the edited layers
+    # and the head. False: every step runs the whole model (the authors' way).
+    trunk_cache: bool = False
+    trunk_pool: int = 4000             # records cached (shared between the training sources by size)
+    cache_dtype: str = "bfloat16"      # storage of cached hidden states and signals
+    score_edits: int = 64              # edits of a sequence whose prompts are scored each step (cached trunk)
+    precondition_damping: float = 0.1  # see DAFNetEditor.estimate_preconditioners
     loss_ema: float = 0.01             # smoothing of the loss the curriculum watches
     model_save_pt: int = 500           # steps between checkpoints
     seed: int = 0

@@ -27,6 +27,20 @@ class NetworkConfig:
     gate_dim: int = 256          # per-head width of the diagonal-gate attention
     gate_heads: int = 2
     detach_gate: bool = False    # the authors' variant: the gate gets no gradient
+    # "additive": each edit is written at a learned strength (1 when untrained) whatever its place
+    # in the sequence, and earlier edits yield by a learned factor (~none when untrained);
+    # "convex": the authors' rule, new weights and decay sum to one, so edit t of T acts at ~1/t
+    fusion: str = "additive"
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, not {self.fusion!r}")
+
+
+FUSIONS = ("additive", "convex")
+# An untrained additive network lets an earlier edit yield σ(-10) ≈ 5e-5 per new edit: 1000 later
+# edits keep 96% of it
+YIELD_BIAS = -10.0
 
 
 class ExactNorm(nn.Module):
@@ -122,9 +136,10 @@ class DAFNetLayer(nn.Module):
         self.mode_shift = nn.Parameter(torch.zeros(n_modes, dim))
         self.detach_gate = cfg.detach_gate
 
-    def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int,
-                memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N, D), edit (N,) edit index of each row, memory (M, D) -> x (N, D), alpha (k,), r (k, D)."""
+    def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int, memory: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x (N, D), edit (N,) edit index of each row, memory (M, D) -> x (N, D), alpha (k,),
+        r (k, D) the edit vectors, o (k, D) what each edit read from the earlier ones."""
         # 1. intra-editing flow: each edit's tokens are pooled into one edit vector r
         h = self.token_mlp(x)
         a = segment_softmax(self.score_mlp(h).squeeze(-1), edit, n_edits)       # (N,)
@@ -132,7 +147,8 @@ class DAFNetLayer(nn.Module):
         r = weighted.new_zeros(n_edits, x.shape[1]).index_add(0, edit, weighted)  # (k, D)
         x = self.norm_intra(x + weighted)
         # 2. inter-editing flow: each edit attends to past edits and to itself
-        x = self.norm_inter(x + self.inter(r, memory)[edit])
+        o = self.inter(r, memory)
+        x = self.norm_inter(x + o[edit])
         # 3. diagonal gate: how much edit i trusts itself against everything before it
         m = memory.shape[0]
         alpha = self.gate(r, memory)[torch.arange(n_edits, device=x.device), m + torch.arange(n_edits, device=x.device)]
@@ -141,7 +157,7 @@ class DAFNetLayer(nn.Module):
         # 4. FFN, then the module's mode; clamp rather than relu keeps a gradient through x at 0
         x = self.norm_ffn(x + self.ffn(x))
         x = (x * self.mode_scale[mode] + self.mode_shift[mode]).clamp(min=0) + x
-        return x, alpha, r
+        return x, alpha, r, o
 
 
 class DAFNetNetwork(nn.Module):
@@ -153,6 +169,15 @@ class DAFNetNetwork(nn.Module):
         dim = d_in + d_out
         self.norm = ExactNorm(dim)
         self.layers = nn.ModuleList(DAFNetLayer(dim, cfg, n_modes) for _ in range(cfg.n_layers))
+        self.fusion = cfg.fusion
+        if cfg.fusion == "additive":
+            # zero weights: an untrained network writes every edit at strength 2σ(0) = 1 and lets
+            # earlier edits yield σ(YIELD_BIAS); training moves both from there
+            self.strength = nn.Linear(dim, 1)
+            self.yield_ = nn.Linear(dim, 1)
+            for head, bias in ((self.strength, 0.0), (self.yield_, YIELD_BIAS)):
+                nn.init.zeros_(head.weight)
+                nn.init.constant_(head.bias, bias)
 
     def empty_memory(self, device: torch.device | str | None = None) -> list[torch.Tensor]:
         return [torch.zeros(0, self.d_in + self.d_out, device=device) for _ in self.layers]
@@ -166,19 +191,25 @@ class DAFNetNetwork(nn.Module):
         index; memory: one (M, D) tensor per layer.
         """
         x = self.norm(x)
-        alphas, new_vectors = [], []
+        alphas, vectors, reads = [], [], []
         for layer, past in zip(self.layers, memory):
-            x, alpha, r = layer(x, edit, n_edits, mode, past)
+            x, alpha, r, o = layer(x, edit, n_edits, mode, past)
             alphas.append(alpha)
-            new_vectors.append(r.detach())
-        # Averaging the gate over layers *before* forming the products keeps k edits at once
-        # exactly equal to k edits one by one (a mean of products would not be).
-        alpha = torch.stack(alphas).mean(0)                                   # (k,)
-        keep = 1 - alpha
-        # w_i = α_i Π_{j>i} (1 - α_j): later edits decay earlier ones of the same call
+            vectors.append(r)
+            reads.append(o)
+        # Per-edit quantities are averaged over layers *before* forming the products, which keeps
+        # k edits at once exactly equal to k edits one by one (a mean of products would not be).
+        if self.fusion == "convex":
+            write = torch.stack(alphas).mean(0)                               # (k,) α_i
+            keep = 1 - write
+        else:
+            write = 2 * torch.sigmoid(self.strength(torch.stack(vectors).mean(0))).squeeze(-1)
+            keep = 1 - torch.sigmoid(self.yield_(torch.stack(reads).mean(0))).squeeze(-1)
+        # w_i = write_i Π_{j>i} keep_j: later edits decay earlier ones of the same call
         later = torch.cat([keep.flip(0).cumprod(0).flip(0)[1:], keep.new_ones(1)])
-        weight = alpha * later                                                # (k,)
+        weight = write * later                                                # (k,)
         gamma = keep.prod()
+        new_vectors = [r.detach() for r in vectors]
         lengths = torch.bincount(edit, minlength=n_edits).to(x.dtype)
         x_in, x_out = x.split([self.d_in, self.d_out], -1)
         x_out = x_out * (weight / lengths)[edit].unsqueeze(-1)

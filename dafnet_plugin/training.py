@@ -21,8 +21,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .default_model import _cache_root
 from .editor import DAFNetEditor, tokenize_edits, per_edit_nll
 from .hparams import DAFNetTrainingHparams
+from .trunk import Trunk, TrunkCache, build_trunk_cache, cache_key, cached_sequence_losses, second_moments
 
 Record = dict
 SequenceSource = Callable[[random.Random, int], Sequence[Record]]
@@ -104,8 +106,12 @@ class DAFNetTrainer:
     (``model``, ``opt``, ``lr_opt``) so the host trainer can read them too."""
 
     def __init__(self, editor: DAFNetEditor, tok, hp: DAFNetTrainingHparams, draw: SequenceSource,
-                 checkpoint: str | os.PathLike) -> None:
+                 checkpoint: str | os.PathLike, trunk_cache: TrunkCache | None = None) -> None:
+        """``draw`` gives the records of a sequence; with ``trunk_cache`` (see trunk.py) the
+        sequences are drawn from the cached records instead and each step runs the edited layers only."""
         self.editor, self.tok, self.hp, self.draw = editor, tok, hp, draw
+        self.cache = trunk_cache
+        self.trunk = Trunk(editor) if trunk_cache is not None else None
         self.checkpoint = Path(checkpoint)
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = self.checkpoint.with_suffix(".log.jsonl")
@@ -113,7 +119,8 @@ class DAFNetTrainer:
         self.opt = torch.optim.Adam(networks, lr=hp.lr)
         self.lr_opt = torch.optim.Adam([editor.edit_lrs], lr=hp.lr_lr)
         self.curriculum = Curriculum(hp.max_sequence, hp.curriculum_patience, hp.curriculum_growth,
-                                     hp.curriculum_min_step, hp.loss_ema, hp.curriculum_max_wait)
+                                     hp.curriculum_min_step, hp.loss_ema, hp.curriculum_max_wait,
+                                     k_max=hp.max_sequence if hp.curriculum == "uniform" else 1)
         self.step = 0
         if self.checkpoint.exists():
             self.resume(self.checkpoint)
@@ -140,9 +147,14 @@ class DAFNetTrainer:
         # uninterrupted one would have
         rng = random.Random(self.hp.seed * 1_000_003 + self.step)
         k = self.curriculum.sample(rng)
-        records = self.draw(rng, k)
         self.editor.train()
-        losses = sequence_losses(self.editor, self.tok, records, self.hp.max_length)
+        if self.cache is None:
+            records = self.draw(rng, k)
+            losses = sequence_losses(self.editor, self.tok, records, self.hp.max_length)
+        else:
+            records = self.cache.draw(rng, k)
+            scored = sorted(rng.sample(records, min(len(records), self.hp.score_edits)))
+            losses = cached_sequence_losses(self.editor, self.trunk, self.cache, records, scored)
         total = self.hp.cedit * losses["edit"] + self.hp.crephrase * losses["rephrase"] + self.hp.cloc * losses["loc"]
         if not torch.isfinite(total):
             raise TrainingDiverged(
@@ -178,3 +190,24 @@ class DAFNetTrainer:
                     self.save()
         self.editor.eval()
         return history
+
+
+def trunk_cache_for(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Record]], hp: DAFNetTrainingHparams,
+                    cache_dir: str | os.PathLike | None = None) -> TrunkCache:
+    """The trunk cache of the first ``hp.trunk_pool`` records of ``sources`` (shared between them by
+    size), loaded from ``<cache root>/trunk`` or built there; with ``hp.precondition`` the
+    editor's preconditioners are estimated from it too."""
+    total = sum(len(s) for s in sources.values())
+    pool = {name: [src[i] for i in range(min(len(src), max(1, round(hp.trunk_pool * len(src) / total))))]
+            for name, src in sources.items()}
+    key = cache_key(hp.model_name, editor.module_names, pool, hp.max_length, hp.cache_dtype)
+    path = Path(cache_dir or _cache_root(None) / "trunk") / f"{key}.pt"
+    if path.exists():
+        cache = TrunkCache.load(path)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cache = build_trunk_cache(editor, tok, pool, hp.max_length, getattr(torch, hp.cache_dtype))
+        cache.save(path)
+    if editor.preconditioners is not None:
+        editor.estimate_preconditioners(second_moments(editor, cache), hp.precondition_damping)
+    return cache

@@ -27,7 +27,7 @@ def model_case(request, tiny_gpt2_dir, tiny_llama_dir):
 
 
 def test_network_shapes():
-    net = DAFNetNetwork(6, 10, TINY, n_modes=2).eval()
+    net = DAFNetNetwork(6, 10, NetworkConfig(**{**TINY.__dict__, "fusion": "convex"}), n_modes=2).eval()
     x, edit = torch.randn(9, 16), torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
     update, gamma, vectors = net(x, edit, 3, 1, net.empty_memory())
     # the first edit of a sequence can only attend to itself: its gate is 1, nothing decays
@@ -55,9 +55,16 @@ def test_segment_softmax_sums_to_one_per_edit():
     assert torch.allclose(torch.zeros(3).index_add(0, torch.tensor([0, 0, 1, 1, 1, 2]), a), torch.ones(3))
 
 
-def test_k_edits_at_once_equal_one_by_one(model_case):
+@pytest.mark.parametrize("fusion", ["additive", "convex"])
+def test_k_edits_at_once_equal_one_by_one(model_case, fusion):
     model, tok, modules = model_case
-    editor = DAFNetEditor(model, modules, TINY, init_edit_lr=0.1).eval()
+    editor = DAFNetEditor(model, modules, NetworkConfig(**{**TINY.__dict__, "fusion": fusion}), init_edit_lr=0.1,
+                          precondition=fusion == "additive").eval()
+    if fusion == "additive":  # a trained-looking network: strength and yield depend on the edit
+        for net in editor.networks.values():
+            for head in (net.strength, net.yield_):
+                torch.nn.init.normal_(head.weight, std=0.3)
+            net.yield_.bias.data.fill_(-1.0)
     batch = tokenize_edits(tok, [p for p, _ in FACTS[:4]], ["London", "Berlin", "euro", "Tokyo"])
     editor.edit(tokenize_edits(tok, [FACTS[5][0]], ["Paris"]))  # a past edit in the memory
     start = editor.snapshot()
@@ -112,7 +119,7 @@ def test_gate_trains_unless_detached(tiny_gpt2_dir):
     model, tok = load(tiny_gpt2_dir)
     batch = tokenize_edits(tok, [p for p, _ in FACTS[:3]], ["Rome", "Paris", "yen"])
     for detach, expect_grad in ((False, True), (True, False)):
-        cfg = NetworkConfig(**{**TINY.__dict__, "detach_gate": detach})
+        cfg = NetworkConfig(**{**TINY.__dict__, "detach_gate": detach, "fusion": "convex"})
         editor = DAFNetEditor(model, GPT2_MODULES, cfg, init_edit_lr=1.0)
         editor.edit(batch)
         loss = model(batch.input_ids).logits.square().mean()

@@ -1,0 +1,98 @@
+"""Fusion of the edits of a sequence, the preconditioner, and the cached trunk."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Tokenizer
+
+from dafnet_plugin import DAFNetEditor, NetworkConfig, tokenize_edits
+from dafnet_plugin.data.builtin import make_edits, to_counterfact
+from dafnet_plugin.network import DAFNetNetwork
+from dafnet_plugin.training import sequence_losses
+from dafnet_plugin.trunk import Trunk, build_trunk_cache, cached_sequence_losses, second_moments
+
+TINY = NetworkConfig(n_layers=2, inner_dim=16, ffn_dim=24, att_dim=8, att_heads=2, gate_dim=4, gate_heads=2)
+GPT2_MODULES = ["transformer.h.1.mlp.c_fc", "transformer.h.1.mlp.c_proj"]
+LLAMA_MODULES = [f"model.layers.1.mlp.{m}" for m in ("gate_proj", "up_proj", "down_proj")]
+RECORDS = to_counterfact(make_edits(12, split="train"))
+
+
+def write_weights(fusion: str, T: int) -> list[float]:
+    """The weight edit t (1..T) gets in the update of the call that writes it, each edit written
+    in its own call after the t - 1 before it (the evaluation protocols' way)."""
+    torch.manual_seed(0)
+    net = DAFNetNetwork(6, 10, NetworkConfig(**{**TINY.__dict__, "fusion": fusion}), n_modes=1).eval()
+    memory, weights = net.empty_memory(), []
+    for _ in range(T):
+        x = torch.randn(3, 16)
+        with torch.no_grad():
+            update, _, vectors = net(x, torch.zeros(3, dtype=torch.long), 1, 0, memory)
+            # the update is x_inᵀ (w / 3) x_out after the layers: recover w from one with weight 1
+            net_x = _layers_output(net, x, memory)
+            unit = net_x[:, :6].T @ (net_x[:, 6:] / 3)
+        weights.append((update.flatten() @ unit.flatten() / unit.flatten().square().sum()).item())
+        memory = [torch.cat([m, v]) for m, v in zip(memory, vectors)]
+    return weights
+
+
+def _layers_output(net: DAFNetNetwork, x: torch.Tensor, memory) -> torch.Tensor:
+    x = net.norm(x)
+    for layer, past in zip(net.layers, memory):
+        x, *_ = layer(x, torch.zeros(len(x), dtype=torch.long), 1, 0, past)
+    return x
+
+
+def test_additive_fusion_writes_every_edit_at_full_strength_whatever_its_position():
+    weights = write_weights("additive", 30)
+    assert weights == pytest.approx([1.0] * 30, abs=1e-4)
+
+
+def test_convex_fusion_writes_edit_t_at_one_over_t():
+    weights = write_weights("convex", 30)
+    assert [w * t for t, w in enumerate(weights, 1)] == pytest.approx([1.0] * 30, abs=0.05)
+
+
+def test_additive_earlier_edits_are_kept_when_untrained():
+    net = DAFNetNetwork(6, 10, TINY, n_modes=1).eval()
+    x = torch.randn(8, 16)
+    _, gamma, _ = net(x, torch.arange(8) // 2, 4, 0, net.empty_memory())
+    assert 0.999 < gamma.item() <= 1.0
+
+
+def test_preconditioner_is_the_damped_inverse_second_moment(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    editor = DAFNetEditor(model, GPT2_MODULES, TINY, precondition=True)
+    a = torch.randn(32, 32)
+    c = a @ a.T / 32
+    editor.estimate_preconditioners({GPT2_MODULES[0]: c, GPT2_MODULES[1]: torch.eye(128)}, damping=0.1)
+    inverse = editor.preconditioners["0"].inverse
+    expected = c / c.diagonal().mean() + 0.1 * torch.eye(32)
+    torch.testing.assert_close(inverse @ expected, torch.eye(32), atol=1e-3, rtol=0)
+    assert "preconditioners.0.inverse" in editor.state_dict()  # archives carry it
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cached_trunk_losses_equal_the_full_model_path(arch, tiny_gpt2_dir, tiny_llama_dir):
+    path, modules = (tiny_gpt2_dir, GPT2_MODULES) if arch == "gpt2" else (tiny_llama_dir, LLAMA_MODULES)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = GPT2Tokenizer.from_pretrained(path)
+    editor = DAFNetEditor(model, modules, TINY, init_edit_lr=1.0, precondition=True).eval()  # norm frozen
+    cache = build_trunk_cache(editor, tok, {"a": RECORDS[:7], "b": RECORDS[7:]}, 40, torch.float32, batch_size=5)
+    assert len(cache) == 12 and cache.sources == {"a": [0, 7], "b": [7, 12]}
+    editor.estimate_preconditioners(second_moments(editor, cache), 0.1)
+    sequence = [8, 7, 11, 9]
+    full = sequence_losses(editor, tok, [RECORDS[i] for i in sequence], 40)
+    cached = cached_sequence_losses(editor, Trunk(editor), cache, sequence, sequence)
+    for name in ("edit", "rephrase", "loc"):
+        assert full[name].item() > 0 or name == "loc"
+        torch.testing.assert_close(cached[name], full[name], atol=1e-4, rtol=1e-4)
+    # and gradients flow into the network from the cached path
+    cached["edit"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in editor.networks.parameters())
+    # draws stay inside one source
+    rng = random.Random(0)
+    for _ in range(20):
+        drawn = cache.draw(rng, 3)
+        assert all(i < 7 for i in drawn) or all(i >= 7 for i in drawn)
