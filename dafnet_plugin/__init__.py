@@ -4,11 +4,11 @@
 without it the method works on any transformers causal LM through ``DAFNetEditor``.
 """
 from .editor import DAFNetEditor, EditBatch, attach, attached, tokenize_edits
-from .hparams import DAFNetHyperParams
+from .hparams import DAFNetHyperParams, DAFNetTrainingHparams
 from .network import DAFNetNetwork, NetworkConfig
 from . import host
 
 easyeditor = host.register()
 
-__all__ = ["DAFNetEditor", "DAFNetHyperParams", "DAFNetNetwork", "EditBatch", "NetworkConfig", "attach",
+__all__ = ["DAFNetEditor", "DAFNetHyperParams", "DAFNetNetwork", "DAFNetTrainingHparams", "EditBatch", "NetworkConfig", "attach",
            "attached", "easyeditor", "tokenize_edits"]

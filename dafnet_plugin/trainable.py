@@ -1,14 +1,17 @@
 """DAFNet under EasyEdit's trainer contract (``EditableModel``); imported only when the host is.
 
-``EditTrainer`` builds this class from ``ALG_TRAIN_DICT``; its ``run`` is routed to
-``DAFNetTrainer`` (see host.py), which draws whole edit sequences itself. The methods here keep
-the rest of the contract: ``edit`` a batch as one sequence, ``forward`` the unedited model, the
-outer parameters, and a ``state_dict`` without the base model's weights.
+``EditTrainer`` builds this class from ``ALG_TRAIN_DICT``. The plugin routes its ``run`` to
+``DAFNetTrainer`` (see host.py), which draws whole edit sequences itself; the host's own loop
+(what the upstream export uses) works too: ``edit`` a batch as one sequence, ``forward`` the
+unedited model, the outer parameters, and a ``state_dict`` without the base model's weights.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from easyeditor.trainer.algs.editable_model import EditableModel
+from easyeditor.trainer.losses import masked_log_probs
 from torch import nn
 
 from .editor import EditBatch, attach
@@ -21,14 +24,17 @@ class _Edited(nn.Module):
         super().__init__()
         self.__dict__["trainable"] = trainable
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.trainable.model(*args, **kwargs).logits
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **batch) -> torch.Tensor:
+        # the host's trainer passes its whole batch; its labels hold only the target's width
+        return self.trainable.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
 
 class DAFNetTrainable(EditableModel):
     def __init__(self, model: nn.Module, config, model_constructor) -> None:
         super().__init__(model, config, model_constructor)
         self.editor = attach(model, config, seed=config.seed)
+        # DAFNet edits causal LMs; the host shifts predictions only for some model class names
+        self.edit_loss_fn = functools.partial(masked_log_probs, shift=True)
 
     @property
     def edit_lrs(self) -> nn.Parameter:  # EditTrainer gives these their own optimizer (lr_lr)
@@ -37,9 +43,9 @@ class DAFNetTrainable(EditableModel):
     def outer_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.editor.named_parameters() if n != "edit_lrs"]
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **batch) -> torch.Tensor:
         with self.editor.deltas_off():
-            return self.model(*args, **kwargs).logits
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     def edit(self, batch: dict, condition=None, detach_history: bool = False):
         """One host batch of k edits is one sequence. The host's labels hold the target tokens
