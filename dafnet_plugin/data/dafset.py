@@ -28,6 +28,13 @@ def _check(record: Any, fields: Sequence[str], where: str) -> None:
     missing = next((f for f in fields if f not in record), None)
     if missing:
         raise ValueError(f"{where}: missing {missing!r}")
+    # the strings an edit is made of: a null or empty one would fail far from here (MEND's empty alt
+    # marks a record the host skips, so it is let through)
+    for f in fields:
+        if record[f] is None:
+            raise ValueError(f"{where}: {f!r} is null")
+        if isinstance(record[f], str) and not record[f].strip() and f != "alt":
+            raise ValueError(f"{where}: {f!r} is empty")
     for key in ("prefix", "answers"):  # lists that get indexed: an empty one would fail later, far from here
         value = record.get(key, [""])
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
@@ -38,7 +45,11 @@ def load_records(path: str | Path) -> list[Record]:
     """Records of a CounterFact (EasyEdit form), MEND ZsRE or DAFSet JSON file, in EasyEdit's form.
     The form is told from the first record's keys; a robust part's records keep their `prefix` list."""
     path = Path(path)
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not readable as JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
+                         f"is the file complete?") from None
     if not isinstance(raw, list):
         raise ValueError(f"{path.name}: expected a JSON list of records")
     mend = bool(raw) and isinstance(raw[0], dict) and "src" in raw[0]
@@ -78,6 +89,10 @@ class DAFSetDataset(Dataset):
         self.max_length = getattr(config, "max_length", 40)
         if getattr(config, "tokenizer_class", None):
             self.tok = _host_tokenizer(config)
+            for i, r in enumerate(self.data):
+                if not self.tok(" " + r["target_new"], add_special_tokens=False)["input_ids"]:
+                    raise ValueError(f"{self.path.name} record {i}: target_new {r['target_new']!r} "
+                                     f"is no token at all for this tokenizer")
 
     def __len__(self) -> int:
         return len(self.data)
