@@ -152,15 +152,21 @@ def minilm_path() -> str:
     return str(path)
 
 
-def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3) -> list[str]:
-    """MEND's edited weights: the MLP weights of the last ``n_layers`` layers, in the host YAMLs'
-    order (GPT-2: c_proj, c_fc; LLaMA family: gate, up, down); all layers of a shallower model."""
+def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3, layers: list[int] | None = None) -> list[str]:
+    """MEND's edited weights: the MLP weights of ``layers``, by default the last ``n_layers`` layers
+    (all layers of a shallower model), in the host YAMLs' order (GPT-2: c_proj, c_fc; LLaMA family:
+    gate, up, down)."""
     cfg = _model_config(model_path)
-    if cfg.get("model_type") == "gpt2":
-        total = cfg.get("n_layer", cfg.get("num_hidden_layers"))
-        return [f"transformer.h.{i}.{p}" for i in range(max(0, total - n_layers), total) for p in GPT2_MLP]
-    total = cfg["num_hidden_layers"]
-    return [f"model.layers.{i}.{p}" for i in range(max(0, total - n_layers), total) for p in LLAMA_MLP]
+    gpt2 = cfg.get("model_type") == "gpt2"
+    total = cfg.get("n_layer", cfg.get("num_hidden_layers")) if gpt2 else cfg["num_hidden_layers"]
+    if layers is None:
+        layers = list(range(max(0, total - n_layers), total))
+    outside = [i for i in layers if not 0 <= i < total]
+    if outside:
+        raise ValueError(f"layers {outside} are outside this model's {total} layers")
+    if gpt2:
+        return [f"transformer.h.{i}.{p}" for i in layers for p in GPT2_MLP]
+    return [f"model.layers.{i}.{p}" for i in layers for p in LLAMA_MLP]
 
 
 def _model_class(model_path: str) -> str:
@@ -428,10 +434,12 @@ def _train_once(alg: str, training_class, training: dict, llama: bool, overrides
 
 
 def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
-               steps: int, *, n_layers: int = 3, val_json: str | os.PathLike | None = None,
-               val_size: int = _DEFAULT_VAL_SIZE, space_targets: bool = True, **overrides):
+               steps: int, *, n_layers: int = 3, layers: list[int] | None = None,
+               val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
+               space_targets: bool = True, **overrides):
     """Train MEND on ``train_json`` (EasyEdit CounterFact records) through the host's EditTrainer,
     unless ``work_dir/models/MEND/<name>`` exists; return the host's ``MENDHyperParams`` for it.
+    MEND edits the MLPs of ``layers`` (layer indices), by default of the last ``n_layers``.
 
     ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
     ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
@@ -445,7 +453,7 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
     llama = _model_config(host_path).get("model_type") != "gpt2"
     training = dict(
         model_name=host_path, model_class=_model_class(host_path), tokenizer_class="GPT2Tokenizer",
-        tokenizer_name=host_path, inner_params=inner_params_for(host_path, n_layers), archive=None,
+        tokenizer_name=host_path, inner_params=inner_params_for(host_path, n_layers, layers), archive=None,
         **_MEND_METHOD, **_MEND_TRAINING, results_dir=str(work_dir / "training" / "MEND"), device="cuda:0",
         max_iters=steps + 1,
     )

@@ -1,0 +1,215 @@
+"""A small sweep over MEND's training settings, to find ones under which MEND edits at the budget a
+CPU run can afford (issue 11: the host's gpt2-xl rates, lr 1e-6 with accumulate_bs 10, were set for
+~100k GPU steps; at 400 steps they leave MEND untrained).
+
+Each setting trains MEND through the host's ``EditTrainer`` exactly as the comparison suite does
+(``benchmarks.methods.trained.train_mend``, cached by content), then edits through the host's
+``BaseEditor`` and is scored by the suite's single-turn protocol (rewrite, rephrase, locality against
+the unedited model, generation exact match). Scoring uses the last ``--holdout`` records of the
+*training* file, held apart from training together with every record that shares one of their
+subjects; the evaluation file (counterfact-val.json) is never read, so choosing settings here leaves
+it unseen. Writes ``<out>/sweep.json`` (resumable: finished settings are skipped) and ``<out>/sweep.md``.
+
+    python -m benchmarks.sweep_mend                      # the grid below, SmolLM2-135M, CounterFact train
+    python -m benchmarks.sweep_mend --configs center lr=1e-5
+    python -m benchmarks.sweep_mend --smoke              # the tiny facts model and built-in edits, seconds
+
+Cost: each setting's training (its budget is in the table: optimizer updates, minutes) plus ~50
+single-turn edits. The full grid is 4,600 host-trainer steps; on a 2-core CPU that is estimated
+(from MEND's measured 0.6 s an edit, a train step being ~4 times an edit) at 3-4 hours. A setting's
+``budget.train_steps_s / budget.training_steps`` in sweep.json gives the measured rate after the first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .presets import SHARED_DATA
+
+# The host's MEND edits the last 3 layers' MLPs. The centre is a setting a few hundred CPU steps can
+# train: Adam at 1e-4 stepping every train step, and an initial edit step size (edit_lr, learned at
+# lr_lr) large enough that MEND's first edits already move a 135M model. Each other setting changes
+# one thing of the centre, except "host", the host's gpt2-xl rates (what the suite used before).
+CENTER: dict[str, Any] = dict(lr=1e-4, edit_lr=1e-3, lr_lr=1e-3, accumulate_bs=1, steps=400, layers="last3")
+GRID: dict[str, dict[str, Any]] = {
+    "host": dict(lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, accumulate_bs=10),
+    "center": {},
+    "lr=1e-5": dict(lr=1e-5),
+    "lr=3e-4": dict(lr=3e-4),
+    "edit_lr=1e-4": dict(edit_lr=1e-4, lr_lr=1e-4),
+    "edit_lr=1e-2": dict(edit_lr=1e-2),
+    "accumulate_bs=5": dict(accumulate_bs=5),
+    "steps=1000": dict(steps=1000),
+    "layers=last6": dict(layers="last6"),
+    "layers=14-16": dict(layers="14-16"),   # mid-depth of a 30-layer model
+}
+# Two edited layers at least: the host's MEND normalises its inputs with running statistics and fails
+# when its first training edit gives one net fewer than 2 token rows (a one-token target, one layer).
+SMOKE_GRID: dict[str, dict[str, Any]] = {
+    "center": dict(steps=3, layers="0-1"),
+    "host": dict(lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, accumulate_bs=2, steps=4, layers="last2"),
+}
+# issue 11's bar for MEND on counterfact-val.json, shown here as a guide on the held-apart slice
+BAR = dict(rewrite_acc=0.80, locality=0.80)
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """``last<k>`` (the last k layers), ``<a>-<b>`` (a to b inclusive) or ``<a>+<b>+...``."""
+    if spec.startswith("last"):
+        k = int(spec[4:])
+        return list(range(max(0, n_layers - k), n_layers))
+    if "-" in spec:
+        first, last = (int(x) for x in spec.split("-"))
+        return list(range(first, last + 1))
+    return [int(x) for x in spec.split("+")]
+
+
+def split_held_apart(records: list[dict], holdout: int) -> tuple[list[dict], list[dict]]:
+    """(training part, held-apart part): the last ``holdout`` records are held apart, and no record of
+    the training part shares a subject with them."""
+    if not 0 < holdout < len(records):
+        raise ValueError(f"--holdout {holdout} must be between 1 and {len(records) - 1}")
+    held = records[-holdout:]
+    subjects = {r["subject"] for r in held}
+    train = [r for r in records[:-holdout] if r["subject"] not in subjects]
+    return train, held
+
+
+def _write_if_changed(path: Path, records: list[dict]) -> None:
+    """The cache is keyed by the file's size and mtime: rewrite it only when its content changes."""
+    text = json.dumps(records)
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _n_layers(model_path: str) -> int:
+    cfg = json.loads((Path(model_path) / "config.json").read_text())
+    return cfg.get("num_hidden_layers") or cfg["n_layer"]
+
+
+def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file: Path, held: list[dict],
+                cache_root: Path) -> dict[str, Any]:
+    """Train MEND with ``setting`` (cached), edit every held-apart record on its own, and score."""
+    from easyeditor import BaseEditor
+
+    from .methods.context import Context
+    from .methods.trained import bind_fresh_executor, train_mend, training_budget
+    from .protocols import run_sequences
+
+    layers = parse_layers(setting["layers"], _n_layers(model_path))
+    ctx = Context(model_path, "", [str(train_file)], cache_root)
+    work_dir = ctx.cache_dir("MEND-sweep", json.dumps(setting, sort_keys=True))
+    hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers, lr=setting["lr"],
+                    edit_lr=setting["edit_lr"], lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"])
+    editor = BaseEditor.from_hparams(hp)
+    bind_fresh_executor(editor)
+    with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:
+        scores = run_sequences(editor, held, 1, bar)["single"]
+    return {"name": name, **setting, "layer_ids": layers, "budget": training_budget(hp), **scores}
+
+
+def sweep(model_path: str, records: list[dict], grid: dict[str, dict[str, Any]], out: Path, holdout: int,
+          cache_root: Path) -> list[dict]:
+    """Every setting of ``grid`` (each a change to CENTER), rows in ``out/sweep.json`` and ``out/sweep.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    train, held = split_held_apart(records, holdout)
+    train_file = out / "train-part.json"
+    _write_if_changed(train_file, train)
+    results_path = out / "sweep.json"
+    setup = {"model": model_path, "n_train": len(train), "held_apart": [r["prompt"] for r in held]}
+    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows = saved.get("rows", []) if saved.get("setup") == setup else []
+    for name, change in grid.items():
+        setting = {**CENTER, **change}
+        if any(r["name"] == name and all(r.get(k) == v for k, v in setting.items()) and r["status"] == "ok"
+               for r in rows):
+            continue
+        rows = [r for r in rows if r["name"] != name]
+        start = time.perf_counter()
+        try:
+            row = {**run_setting(name, setting, model_path, train_file, held, cache_root), "status": "ok"}
+        except Exception as error:  # one failing setting (a NaN loss, say) is a row with its reason
+            row = {"name": name, **setting, "status": "failed", "error": f"{type(error).__name__}: {error}"}
+        row["wall_s"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        results_path.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
+        (out / "sweep.md").write_text(table(rows, len(held), len(train)))
+    (out / "sweep.md").write_text(table(rows, len(held), len(train)))
+    return rows
+
+
+def table(rows: list[dict], n_held: int, n_train: int) -> str:
+    head = (f"MEND settings, each trained on {n_train} records of the training file and scored on {n_held} "
+            f"records held apart from it (single-turn; bar: rewrite >= {BAR['rewrite_acc']}, "
+            f"locality >= {BAR['locality']}).\n\n"
+            "| setting | lr | edit_lr | lr_lr | accumulate_bs | steps | layers | updates | train min | rewrite "
+            "| rephrase | locality | gen EM | s/edit | bar |\n"
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+    lines = []
+    for r in rows:
+        settings = (f"| {r['name']} | {r['lr']:g} | {r['edit_lr']:g} | {r['lr_lr']:g} | {r['accumulate_bs']} "
+                    f"| {r['steps']} | {r['layers']} |")
+        if r["status"] != "ok":
+            reason = r["error"][:80].replace("|", "/")
+            lines.append(f"{settings} failed: {reason} |" + " |" * 7)
+            continue
+        budget = r.get("budget") or {}
+        meets = all(r[k] >= v for k, v in BAR.items())
+        lines.append(f"{settings} {budget.get('optimizer_updates', '')} | {budget.get('wall_s', 0) / 60:.1f} "
+                     f"| {r['rewrite_acc']:.3f} | {r['rephrase_acc']:.3f} | {r['locality']:.3f} | {r['gen_em']:.3f} "
+                     f"| {r['sec_per_edit']:.2f} | {'yes' if meets else 'no'} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def _select(grid: dict[str, dict[str, Any]], names: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    if not names:
+        return grid
+    unknown = [n for n in names if n not in grid]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {', '.join(grid)}")
+    return {n: grid[n] for n in names}
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="model name or folder (default smollm2-135m; --smoke: the tiny facts model)")
+    parser.add_argument("--train", default=f"{SHARED_DATA}/counterfact-train.json",
+                        help="training file (CounterFact, EasyEdit form); its last --holdout records score")
+    parser.add_argument("--holdout", type=int, help="records held apart for scoring (default 50; --smoke 4)")
+    parser.add_argument("--configs", nargs="*", help="settings of the grid to run (default all)")
+    parser.add_argument("--out", help="default runs/sweep-mend (--smoke: runs/sweep-mend-smoke)")
+    parser.add_argument("--cache", help="default ~/.cache/dafnet-easyedit/suite, where the suite caches")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true",
+                        help="the tiny facts model, the built-in edits and two settings of a few steps")
+    args = parser.parse_args(argv)
+
+    import dafnet_plugin  # noqa: F401  registers with the host
+    from dafnet_plugin.default_model import resolve_model
+
+    torch.set_num_threads(args.threads)
+    if args.smoke:
+        from dafnet_plugin.data.builtin import make_edits, to_counterfact
+        from dafnet_plugin.tiny_model import tiny_model_path
+
+        model_path = args.model or tiny_model_path()
+        records, grid, holdout = to_counterfact(make_edits(split="train"))[:60], SMOKE_GRID, args.holdout or 4
+        out = Path(args.out or "runs/sweep-mend-smoke")
+    else:
+        model_path = resolve_model(args.model or "smollm2-135m")
+        records, grid, holdout = json.loads(Path(args.train).read_text()), GRID, args.holdout or 50
+        out = Path(args.out or "runs/sweep-mend")
+    cache_root = Path(args.cache or Path.home() / ".cache/dafnet-easyedit/suite")
+    rows = sweep(model_path, records, _select(grid, args.configs), out, holdout, cache_root)
+    print((out / "sweep.md").read_text())
+    return rows
+
+
+if __name__ == "__main__":
+    main()
