@@ -29,6 +29,7 @@ from dafnet_plugin.default_model import resolve_model
 
 from .methods import build
 from .methods.context import Context
+from .methods.trained import training_budget
 from .presets import PRESETS, CompareConfig
 from .protocols import run_sequences
 
@@ -101,6 +102,9 @@ def run(cfg: CompareConfig) -> dict:
             save()
             continue
         wall.setdefault(method, {})["prepare"] = round(time.perf_counter() - start, 1)
+        budget = training_budget(editor.hparams)
+        if budget is not None:  # what training this method's archive cost, for the table's reader
+            results.setdefault("training", {})[method] = budget
         for T, protocols in todo:
             start = time.perf_counter()
             n = cfg.n_single if T == 1 else cfg.sequences * T
@@ -181,12 +185,14 @@ def write_report(out: Path, results: dict) -> None:
 
 def plot(path: Path, rows: list[dict]) -> None:
     """Each metric against T, one line per method: the single-turn value at T = 1, then the
-    final (after the whole sequence) values."""
+    final (after the whole sequence) values. The last panel: in the longest sequence, each edit's
+    immediate rewrite accuracy against its place in the sequence, where a fusion that divides
+    edit t by t shows as a 1/t curve."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.4))
+    fig, axes = plt.subplots(1, len(METRICS) + 1, figsize=(4 * (len(METRICS) + 1), 3.4))
     methods = sorted({r["method"] for r in rows})
     for ax, metric in zip(axes, METRICS):
         for method in methods:
@@ -195,6 +201,19 @@ def plot(path: Path, rows: list[dict]) -> None:
             if points:
                 ax.plot(*zip(*points), marker="o", label=method)
         ax.set_xscale("log"), ax.set_xlabel("T (edits in sequence)"), ax.set_title(metric), ax.set_ylim(-0.02, 1.02)
+    by_position = [r for r in rows if r["status"] == "ok" and r.get("rewrite_by_position")]
+    if by_position:
+        longest = max(r["T"] for r in by_position)
+        ax = axes[-1]
+        for r in sorted(by_position, key=lambda r: r["method"]):
+            if r["T"] == longest:
+                curve = r["rewrite_by_position"]
+                window = max(1, longest // 20)  # a moving mean over 5% of the sequence
+                smooth = [sum(curve[max(0, i - window + 1):i + 1]) / len(curve[max(0, i - window + 1):i + 1])
+                          for i in range(len(curve))]
+                ax.plot(range(1, len(curve) + 1), smooth, label=r["method"])
+        ax.set_xlabel(f"position t in the sequence (T = {longest})"), ax.set_title("immediate rewrite at t")
+        ax.set_ylim(-0.02, 1.02)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

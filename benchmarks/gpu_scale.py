@@ -8,6 +8,7 @@ seconds per edit and peak GPU memory. Random weights measure cost, not quality.
 from __future__ import annotations
 
 import argparse
+import functools
 import contextlib
 import gc
 import io
@@ -53,7 +54,7 @@ def build_model(shape: dict, tok, device: str) -> torch.nn.Module:
 
 
 # ----- each method: (the host's hparams, its apply function) for this model ---------------------
-def prepare_dafnet(model, tok, work: Path):
+def prepare_dafnet(model, tok, work: Path, fusion: str = "additive"):
     from dafnet_plugin import DAFNetHyperParams
     from dafnet_plugin.hparams import load_strict
     from dafnet_plugin.host import apply_dafnet_to_model
@@ -62,6 +63,7 @@ def prepare_dafnet(model, tok, work: Path):
     layers = [(n, int(n.split(".")[2])) for n in hp.inner_params]
     hp.inner_params = [n.replace(f".{i}.", f".{i + shift}.", 1) for n, i in layers if i + shift >= 0]
     hp.model_name = MODEL_NAME
+    hp.fusion = fusion
     return hp, apply_dafnet_to_model
 
 
@@ -160,8 +162,10 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=32, help="model depth (fewer for a quicker run)")
     p.add_argument("--tokenizer", help="a tokenizer folder (default: the built-in SmolLM2's, built on first use)")
     p.add_argument("--out", help="also write the rows as JSON here")
+    p.add_argument("--fusion", default="additive", choices=["additive", "convex"], help="DAFNet's fusion of a sequence")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny LLaMA, 3 edits per method, on the CPU")
     args = p.parse_args()
+    PREPARE["DAFNet"] = functools.partial(prepare_dafnet, fusion=args.fusion)
     if not torch.cuda.is_available() and not args.cpu_smoke:
         sys.exit("gpu_scale needs a CUDA GPU and none is visible; --cpu-smoke checks the script on the CPU.")
     device, shape = ("cpu", dict(TINY)) if args.cpu_smoke else ("cuda", dict(LLAMA_7B, num_hidden_layers=args.layers))
@@ -179,7 +183,7 @@ def main() -> None:
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU, smoke run"
     print(f"\n## Sequential edits on a random LLaMA-2-7B-shaped model, bf16 ({where})\n\nShape: {shape}; vocab "
           f"{len(tok)}: the tokenizer's ({tok.name_or_path}), not LLaMA-2's 32000. DAFNet: llama-7b.yaml networks, "
-          "untrained, fp32. ROME: mom2_adjustment false, right vector cast to bf16. MEMIT: identity second moments. "
+          f"{args.fusion} fusion, untrained, fp32. ROME: mom2_adjustment false, right vector cast to bf16. MEMIT: identity second moments. "
           "MEND: untrained network from a fresh archive. The first edit includes each method's lazy set-up "
           "(networks, archive, statistics, context templates). Peak memory: from the first edit on, model included.\n")
     print("| method | edits | first edit s | median s/edit | p90 s/edit | peak GPU GiB | status |")

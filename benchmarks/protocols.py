@@ -148,11 +148,14 @@ def run_sequences(editor, records: Sequence[Record], T: int, progress=None) -> d
     requests = [request_of(r) for r in records[: len(records) // T * T]]
     evaluator.remember_unedited(requests)
     immediate, final, seconds = Scores(), Scores(), []
+    by_position = [[] for _ in range(T)]  # immediate rewrite of the edit at each place in its sequence
     for start in range(0, len(requests), T):
         chunk = requests[start:start + T]
-        for request in chunk:
+        for position, request in enumerate(chunk):
             seconds.append(session.apply(request))
-            immediate.add(evaluator.score(session.model, request))
+            scores = evaluator.score(session.model, request)
+            immediate.add(scores)
+            by_position[position] += scores.rewrite
             if progress is not None:
                 progress.update(1)
         if T > 1:
@@ -162,4 +165,5 @@ def run_sequences(editor, records: Sequence[Record], T: int, progress=None) -> d
     timing = {"n_edits": len(requests), "sec_per_edit": statistics.median(seconds) if seconds else float("nan")}
     if T == 1:
         return {"single": {**immediate.means(), **timing}}
-    return {"immediate": {**immediate.means(), **timing}, "final": {**final.means(), **timing}}
+    return {"immediate": {**immediate.means(), **timing, "rewrite_by_position": [_mean(v) for v in by_position]},
+            "final": {**final.means(), **timing}}

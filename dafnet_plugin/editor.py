@@ -203,9 +203,8 @@ class DAFNetEditor(nn.Module):
         for index, name in enumerate(self.module_names):
             key, mode = self.route[name]
             x, edit_index = signals[name]
-            update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name])
-            if self.preconditioners is not None:
-                update = self.preconditioners[str(index)].inverse @ update
+            precondition = None if self.preconditioners is None else self.preconditioners[str(index)].inverse
+            update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name], precondition)
             step = self.edit_lrs[index] * update
             past = self.deltas[name]
             if past is not None:

@@ -128,7 +128,8 @@ class DAFNetLayer(nn.Module):
         self.token_mlp = nn.Sequential(nn.Linear(dim, cfg.inner_dim), nn.ReLU(), nn.Linear(cfg.inner_dim, dim))
         self.score_mlp = nn.Sequential(nn.Linear(dim, cfg.inner_dim), nn.ReLU(), nn.Linear(cfg.inner_dim, 1))
         self.inter = EditAttention(dim, cfg.att_dim, cfg.att_heads)
-        self.gate = EditAttention(dim, cfg.gate_dim, cfg.gate_heads, values=False)
+        # the diagonal gate serves the convex fusion only: a module without a use would get no gradient
+        self.gate = EditAttention(dim, cfg.gate_dim, cfg.gate_heads, values=False) if cfg.fusion == "convex" else None
         self.ffn = nn.Sequential(nn.Linear(dim, cfg.ffn_dim), nn.ReLU(), nn.Linear(cfg.ffn_dim, dim))
         self.norm_intra, self.norm_inter, self.norm_ffn = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         # each module sharing this network gets its own scale and shift ("mode"), as in MEND
@@ -138,8 +139,8 @@ class DAFNetLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int, memory: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x (N, D), edit (N,) edit index of each row, memory (M, D) -> x (N, D), alpha (k,),
-        r (k, D) the edit vectors, o (k, D) what each edit read from the earlier ones."""
+        """x (N, D), edit (N,) edit index of each row, memory (M, D) -> x (N, D), alpha (k,) (None
+        without the gate), r (k, D) the edit vectors, o (k, D) what each edit read from the earlier ones."""
         # 1. intra-editing flow: each edit's tokens are pooled into one edit vector r
         h = self.token_mlp(x)
         a = segment_softmax(self.score_mlp(h).squeeze(-1), edit, n_edits)       # (N,)
@@ -149,11 +150,13 @@ class DAFNetLayer(nn.Module):
         # 2. inter-editing flow: each edit attends to past edits and to itself
         o = self.inter(r, memory)
         x = self.norm_inter(x + o[edit])
-        # 3. diagonal gate: how much edit i trusts itself against everything before it
-        m = memory.shape[0]
-        alpha = self.gate(r, memory)[torch.arange(n_edits, device=x.device), m + torch.arange(n_edits, device=x.device)]
-        if self.detach_gate:
-            alpha = alpha.detach()
+        # 3. diagonal gate (convex fusion): how much edit i trusts itself against everything before it
+        alpha = None
+        if self.gate is not None:
+            m, new = memory.shape[0], torch.arange(n_edits, device=x.device)
+            alpha = self.gate(r, memory)[new, m + new]
+            if self.detach_gate:
+                alpha = alpha.detach()
         # 4. FFN, then the module's mode; clamp rather than relu keeps a gradient through x at 0
         x = self.norm_ffn(x + self.ffn(x))
         x = (x * self.mode_scale[mode] + self.mode_shift[mode]).clamp(min=0) + x
@@ -182,13 +185,14 @@ class DAFNetNetwork(nn.Module):
     def empty_memory(self, device: torch.device | str | None = None) -> list[torch.Tensor]:
         return [torch.zeros(0, self.d_in + self.d_out, device=device) for _ in self.layers]
 
-    def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int,
-                memory: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int, memory: list[torch.Tensor],
+                precondition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Returns the update ΔŴ (d_in, d_out), the decay γ of earlier updates (scalar) and each
         layer's new edit vectors (k, D) for the memory.
 
         x (N, D) float32 gradient signals of k edits, rows grouped by edit; edit (N,) their edit
-        index; memory: one (M, D) tensor per layer.
+        index; memory: one (M, D) tensor per layer; precondition: a symmetric (d_in, d_in) matrix P,
+        giving P ΔŴ (applied to the N rows, cheaper than to ΔŴ while N < d_out).
         """
         x = self.norm(x)
         alphas, vectors, reads = [], [], []
@@ -213,4 +217,6 @@ class DAFNetNetwork(nn.Module):
         lengths = torch.bincount(edit, minlength=n_edits).to(x.dtype)
         x_in, x_out = x.split([self.d_in, self.d_out], -1)
         x_out = x_out * (weight / lengths)[edit].unsqueeze(-1)
+        if precondition is not None:
+            x_in = x_in @ precondition
         return x_in.T @ x_out, gamma, new_vectors

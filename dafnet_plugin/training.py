@@ -110,6 +110,9 @@ class DAFNetTrainer:
         """``draw`` gives the records of a sequence; with ``trunk_cache`` (see trunk.py) the
         sequences are drawn from the cached records instead and each step runs the edited layers only."""
         self.editor, self.tok, self.hp, self.draw = editor, tok, hp, draw
+        # Only DAFNet learns: gradients for the model's own weights would cost as much as the rest
+        # of the backward pass and never be used.
+        editor.model.requires_grad_(False)
         self.cache = trunk_cache
         self.trunk = Trunk(editor) if trunk_cache is not None else None
         self.checkpoint = Path(checkpoint)
@@ -142,11 +145,12 @@ class DAFNetTrainer:
         self.curriculum = Curriculum(**{**state["curriculum"], "max_wait": self.curriculum.max_wait})
         self.step = state["step"]
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self, k: int | None = None) -> dict[str, float]:
+        """One sequence of k edits (default: drawn by the curriculum)."""
         # a generator per step, seeded by the step, makes a resumed run draw what the
         # uninterrupted one would have
         rng = random.Random(self.hp.seed * 1_000_003 + self.step)
-        k = self.curriculum.sample(rng)
+        k = self.curriculum.sample(rng) if k is None else k
         self.editor.train()
         if self.cache is None:
             records = self.draw(rng, k)

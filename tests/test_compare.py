@@ -32,7 +32,9 @@ def test_suite_writes_results_table_and_plot(tiny_config, tmp_path):
     out = tmp_path / "run"
     saved = json.loads((out / "results.json").read_text())
     assert {"preset", "model", "dataset", "device", "host_version", "rows"} <= set(saved)
-    assert all(set(r) == ROW_KEYS for r in saved["rows"])
+    assert all(set(r) - {"rewrite_by_position"} == ROW_KEYS for r in saved["rows"])
+    immediate = next(r for r in saved["rows"] if r["method"] == "DAFNet" and r["protocol"] == "immediate")
+    assert len(immediate["rewrite_by_position"]) == 4  # one value per place in the sequence, for the plot
     ok = {(r["protocol"], r["T"]) for r in saved["rows"] if r["method"] == "DAFNet" and r["status"] == "ok"}
     assert ok == {("single", 1), ("immediate", 4), ("final", 4)}
     dafnet_final = next(r for r in saved["rows"] if r["method"] == "DAFNet" and r["protocol"] == "final")
