@@ -101,7 +101,7 @@ def main() -> None:
     cfg = compare.load_config(None, None, [
         "preset=demo", f"model={model_path}", "hparams_name=smollm2-135m", "dataset=built-in facts",
         f"train=[{train}]", f"eval={val}", "methods=[DAFNet,MEND]", "T=[10,100]", "n_single=20",
-        "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=100", "steps.MEND=80",
+        "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=300", "steps.MEND=80",
         *args.overrides])
     set_aside_stale_results(cfg)
     results = compare.run(cfg)

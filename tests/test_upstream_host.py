@@ -29,12 +29,6 @@ def _records() -> list[dict]:
              "locality_ground_truth": FACTS[(i + 1) % len(FACTS)][1]} for i, (p, t) in enumerate(FACTS)]
 
 
-# The host's loop differentiates outer_parameters() with allow_unused=False; under fusion "additive" the
-# gate takes no part, so the export is trained (and its archive made) with "convex" until that is closed
-# (CONTRIBUTING.md, known gap).
-FUSION = "convex"
-
-
 def _plugin_archive(model_dir, tok, out) -> str:
     """Two training steps of the plugin's own trainer on the tiny model."""
     from transformers import AutoModelForCausalLM
@@ -43,7 +37,7 @@ def _plugin_archive(model_dir, tok, out) -> str:
     from dafnet_plugin.training import DAFNetTrainer
 
     hp = DAFNetTrainingHparams.from_hparams(str(REPO / "hparams/TRAINING/DAFNet/tiny-gpt2.yaml"))
-    hp.model_name, hp.max_iters, hp.lr, hp.fusion = str(model_dir), 2, 1e-2, FUSION
+    hp.model_name, hp.max_iters, hp.lr = str(model_dir), 2, 1e-2
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     records = _records()
     trainer = DAFNetTrainer(attach(model, hp, seed=0), tok, hp, lambda rng, k: rng.sample(records, k), out / "plugin.pt")
@@ -57,7 +51,7 @@ def _plugin_logits(model_dir, tok, archive) -> torch.Tensor:
     from dafnet_plugin import DAFNetHyperParams, attach, tokenize_edits
 
     hp = DAFNetHyperParams.from_hparams(str(REPO / "hparams/DAFNet/tiny-gpt2.yaml"))
-    hp.model_name, hp.archive, hp.fusion = str(model_dir), archive, FUSION
+    hp.model_name, hp.archive = str(model_dir), archive
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     editor = attach(model, hp)
     with torch.no_grad():
@@ -84,9 +78,9 @@ def test_exported_dafnet_runs_in_the_checkout_without_the_plugin(tiny_gpt2_dir, 
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     edit = yaml.safe_load((REPO / "hparams/DAFNet/tiny-gpt2.yaml").read_text()) | {
-        "model_name": str(tiny_gpt2_dir), "device": device, "fusion": FUSION}
+        "model_name": str(tiny_gpt2_dir), "device": device}
     train = yaml.safe_load((REPO / "hparams/TRAINING/DAFNet/tiny-gpt2.yaml").read_text()) | {
-        "model_name": str(tiny_gpt2_dir), "device": device, "fusion": FUSION, "model_class": "GPT2LMHeadModel",
+        "model_name": str(tiny_gpt2_dir), "device": device, "model_class": "GPT2LMHeadModel",
         "tokenizer_class": "GPT2Tokenizer", "archive": archive, "results_dir": str(tmp_path / "results"),
         "max_iters": 4, "batch_size": 2, "val_batch_size": 2, "val_interval": 2, "val_steps": 1, "log_interval": 1}
     files = {"edit_yaml": edit, "archive_yaml": edit | {"archive": archive}, "train_yaml": train}
