@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dafnet_plugin import DAFNetHyperParams, attach
+from dafnet_plugin import DAFNetHyperParams, DAFNetTrainingHparams, attach
 
 from conftest import REPO
 
@@ -31,7 +31,12 @@ def test_smollm2_yaml_is_strictly_valid():
     from dafnet_plugin.hparams import load_strict
 
     hp = load_strict(DAFNetHyperParams, str(REPO / "hparams/DAFNet/smollm2-135m.yaml"))
-    assert hp.model_name == "smollm2-135m" and len(hp.inner_params) == 9
+    assert hp.model_name == "smollm2-135m" and len(hp.inner_params) == 4
+    assert hp.fusion == "additive" and hp.precondition
+    training = load_strict(DAFNetTrainingHparams, str(REPO / "hparams/TRAINING/DAFNet/smollm2-135m.yaml"))
+    # an archive trained with one YAML must load with the other: the method's keys agree
+    for key in ("inner_params", "n_layers", "inner_dim", "ffn_dim", "att_dim", "att_heads", "fusion", "precondition"):
+        assert getattr(training, key) == getattr(hp, key), key
 
 
 @pytest.mark.parametrize("edit, message", [
