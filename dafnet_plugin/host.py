@@ -372,8 +372,8 @@ def _training_sequences(run: Callable) -> Callable:
         cache = None
         if self.config.trunk_cache:
             from .training import trunk_cache_for
-            sources = {name: [src[i] for i in range(len(src))] for name, src in train_set.sources.items()}
-            cache = trunk_cache_for(self.model.editor, tok, sources, self.config)
+            # trunk_cache_for reads only the pooled records of each source
+            cache = trunk_cache_for(self.model.editor, tok, train_set.sources, self.config)
         trainer = DAFNetTrainer(self.model.editor, tok, self.config,
                                 lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint, cache)
         self.dafnet_trainer = trainer
