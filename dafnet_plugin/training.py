@@ -196,14 +196,32 @@ class DAFNetTrainer:
         return history
 
 
+def distinct_pool(sources: dict[str, Sequence[Record]], size: int) -> dict[str, list[Record]]:
+    """The first records of each source, ``size`` in all, shared between the sources by their sizes,
+    each edit (prompt, target) once: DAFSet's CounterFact part holds the same records as
+    counterfact-train, so pooling the two by position alone would cache every fact twice."""
+    total = sum(len(s) for s in sources.values())
+    seen, pool = set(), {}
+    for name, src in sources.items():
+        quota, taken = max(1, round(size * len(src) / total)), []
+        for i in range(len(src)):
+            if len(taken) == quota:
+                break
+            record = src[i]
+            key = (record["prompt"], record["target_new"])
+            if key not in seen:
+                seen.add(key)
+                taken.append(record)
+        pool[name] = taken
+    return pool
+
+
 def trunk_cache_for(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Record]], hp: DAFNetTrainingHparams,
                     cache_dir: str | os.PathLike | None = None) -> TrunkCache:
     """The trunk cache of the first ``hp.trunk_pool`` records of ``sources`` (shared between them by
     size), loaded from ``<cache root>/trunk`` or built there; with ``hp.precondition`` the
     editor's preconditioners are estimated from it too."""
-    total = sum(len(s) for s in sources.values())
-    pool = {name: [src[i] for i in range(min(len(src), max(1, round(hp.trunk_pool * len(src) / total))))]
-            for name, src in sources.items()}
+    pool = distinct_pool(sources, hp.trunk_pool)
     key = cache_key(hp.model_name, editor.module_names, pool, hp.max_length, hp.cache_dtype)
     path = Path(cache_dir or _cache_root(None) / "trunk") / f"{key}.pt"
     if path.exists():
