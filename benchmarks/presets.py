@@ -41,7 +41,7 @@ PRESETS: dict[str, dict] = {
     # them (it resumes): max_T.ROME=100 max_T.MEMIT=100. SERAC's host trainer takes ~9 s a step.
     "smollm2-cf": dict(model="smollm2-135m", hparams_name="smollm2-135m", T=[10, 100], n_single=20,
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
-                       steps={"DAFNet": 2200, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},
+                       steps={"DAFNet": 2100, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},
                        hparams={"ROME": {"context_template_length_params": [[5, 5]]}}),
     # GPU presets: Hugging Face names, the authors' YAMLs, bfloat16
     "gpt2-xl": dict(model="gpt2-xl", hparams_name="gpt2-xl", device="cuda", dtype="bfloat16"),
