@@ -3,6 +3,7 @@ the trained archive (benchmarks/methods/trained.py)."""
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -13,6 +14,7 @@ from dafnet_plugin.host import cuda_strings_on_cpu
 
 pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
 from benchmarks.methods import trained  # noqa: E402  (imports the host)
+from benchmarks.methods.serac_scope import choose_radius, scope_path  # noqa: E402
 
 RECORDS = to_counterfact(make_edits(split="train"))[:40]
 # a few steps, with rates that move a tiny model in that many (the host YAMLs' are for 1e5 steps)
@@ -187,3 +189,22 @@ def test_serac_classifier_scores_a_rephrase_of_a_stored_edit_above_other_prompts
     assert log_sims.shape == (len(queries), len(stored)) and len(others) == 5
     for j in range(len(stored)):  # column j: each query's score against stored edit j
         assert log_sims[j, j] > log_sims[len(stored):, j].max(), (stored[j], queries, log_sims[:, j])
+    # the scope radius was chosen on training records: with it the host's SERAC takes this stored
+    # edit's rephrase for in scope (exp(-scale d²) > 0.5), and the archive carries the scale
+    scope = json.loads(scope_path(hp.archive).read_text())
+    assert serac.scale.item() == pytest.approx(scope["scale"])
+    assert scope["records"] == len(RECORDS) and scope["locality_false_hits"] <= 0.05
+    hits = log_sims[:len(stored)].diagonal().exp() > 0.5
+    assert hits.float().mean() >= 2 / 3, (scope, log_sims)
+
+
+def test_scope_radius_keeps_false_hits_within_the_allowance():
+    in_scope = torch.tensor([0.5, 1.0, 2.0, 9.0])
+    out_of_scope = torch.arange(3.0, 23.0)  # 20 distances: 3, 4, ..., 22
+    chosen = choose_radius(in_scope, out_of_scope, false_hits=0.05)
+    assert chosen["radius_d2"] == 4.0  # one of 20 (5%) may fall inside: only 3.0 does
+    assert chosen["locality_false_hits"] == pytest.approx(0.05) and chosen["rephrase_hits"] == 0.75
+    assert chosen["scale"] == pytest.approx(math.log(2) / 4.0)
+    assert chosen["host_radius_hits"] == 0.25 and chosen["host_radius_false_hits"] == 0.0
+    # the host's rule with the chosen scale: in scope exactly below the radius
+    assert math.exp(-chosen["scale"] * 3.99) > 0.5 > math.exp(-chosen["scale"] * 4.01)

@@ -469,11 +469,12 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
 def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
                 steps: int, classifier_path: str | os.PathLike, small_model_path: str | os.PathLike, *,
                 val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
-                space_targets: bool = True, **overrides):
+                space_targets: bool = True, calibrate_scope: bool = True, **overrides):
     """Train SERAC (classifier ``classifier_path``, a BERT-family encoder such as ``minilm_path()``;
     counterfactual model ``small_model_path``, which must share the edited model's tokenizer, since
     SERAC decodes the edited model's token ids with its own) on ``train_json`` through the host's
-    EditTrainer, unless ``work_dir/models/SERAC/<name>`` exists; return the host's ``SERACHparams``."""
+    EditTrainer, unless ``work_dir/models/SERAC/<name>`` exists; return the host's ``SERACHparams``.
+    With ``calibrate_scope`` the scope radius is then chosen on training records (serac_scope.py)."""
     register()
 
     from easyeditor import SERACHparams, SERACTrainingHparams
@@ -497,7 +498,11 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
     # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
-    return SERACHparams(**editing)
+    hparams = SERACHparams(**editing)
+    if calibrate_scope:
+        from .serac_scope import calibrate
+        calibrate(hparams, train_json)
+    return hparams
 
 
 class SeracMemory:
