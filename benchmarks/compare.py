@@ -27,6 +27,7 @@ import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.dafset import load_records
 from dafnet_plugin.default_model import resolve_model
 
+from .held_apart import held_apart_files
 from .methods import build
 from .methods.context import Context
 from .methods.trained import training_budget
@@ -69,7 +70,10 @@ def run(cfg: CompareConfig) -> dict:
     out = Path(cfg.out or f"runs/{cfg.preset}")
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(cfg.model)
-    records = load_records(cfg.eval)
+    eval_file, train_files = cfg.eval, list(cfg.train)
+    if cfg.held_apart:
+        eval_file, train_files = held_apart_files(cfg.eval, train_files, cfg.held_apart, cache_root(cfg) / "splits")
+    records = load_records(eval_file)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
     check_same_setup(path, results, asdict(cfg))
@@ -79,7 +83,7 @@ def run(cfg: CompareConfig) -> dict:
     done = {(r["method"], r["protocol"], r["T"]) for r in results["rows"] if r["status"] == "ok"}
     results["rows"] = [r for r in results["rows"] if r["status"] == "ok"]  # failures are retried
     wall = results.setdefault("wall_s", {})  # per method: preparation and each T, in seconds
-    ctx = context_of(cfg, model_path)
+    ctx = context_of(cfg, model_path, train_files)
     plan = [(1, ("single",))] + [(T, ("immediate", "final")) for T in cfg.T]
 
     def save() -> None:
@@ -124,10 +128,15 @@ def run(cfg: CompareConfig) -> dict:
     return results
 
 
-def context_of(cfg: CompareConfig, model_path: str | None = None) -> Context:
-    """What each method's preparation gets from this setup (``model_path``: cfg.model, resolved)."""
-    return Context(model_path or resolve_model(cfg.model), cfg.hparams_name, list(cfg.train),
-                   Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite"), cfg.device, dict(cfg.steps))
+def cache_root(cfg: CompareConfig) -> Path:
+    return Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite")
+
+
+def context_of(cfg: CompareConfig, model_path: str | None = None, train_files: list[str] | None = None) -> Context:
+    """What each method's preparation gets from this setup (``model_path``: cfg.model, resolved;
+    ``train_files``: cfg.train, or what replaces it when records are held apart)."""
+    return Context(model_path or resolve_model(cfg.model), cfg.hparams_name, list(train_files or cfg.train),
+                   cache_root(cfg), cfg.device, dict(cfg.steps))
 
 
 # What a resumed run may change: which methods and lengths to add, and how fast it runs.

@@ -17,6 +17,9 @@ class CompareConfig:
     dataset: str = "counterfact"
     train: List[str] = field(default_factory=lambda: [f"{SHARED_DATA}/counterfact-train.json"])
     eval: str = f"{SHARED_DATA}/counterfact-val.json"
+    # > 0: evaluate on the last held_apart records of `eval`, which is then a training file too; no
+    # training record shares a subject with them (benchmarks/held_apart.py)
+    held_apart: int = 0
     methods: List[str] = field(default_factory=lambda: list(ALL_METHODS))
     T: List[int] = field(default_factory=lambda: [10, 100, 1000])   # sequential lengths; T = 1 always runs
     # per method, the longest T this run does; longer ones are left for a later run (which resumes)
@@ -43,6 +46,14 @@ PRESETS: dict[str, dict] = {
                        train=[f"{SHARED_DATA}/counterfact-train.json", f"{SHARED_DATA}/dafset-cf-train.json"],
                        steps={"DAFNet": 2100, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},
                        hparams={"ROME": {"context_template_length_params": [[5, 5]]}}),
+    # SmolLM2-135M on ZsRE (MEND's form, read as the host's ZsreDataset reads it): the 1k sample's last
+    # 200 records are evaluated, the rest (less records sharing their subjects) train; same budgets
+    # and limits as smollm2-cf.
+    "smollm2-zsre": dict(model="smollm2-135m", hparams_name="smollm2-135m", dataset="zsre", T=[10, 100],
+                         n_single=20, train=[f"{SHARED_DATA}/zsre-train-1k.json"],
+                         eval=f"{SHARED_DATA}/zsre-train-1k.json", held_apart=200,
+                         steps={"DAFNet": 2100, "MEND": 400, "SERAC": 150}, max_T={"ROME": 10, "MEMIT": 10},
+                         hparams={"ROME": {"context_template_length_params": [[5, 5]]}}),
     # GPU presets: Hugging Face names, the authors' YAMLs, bfloat16
     "gpt2-xl": dict(model="gpt2-xl", hparams_name="gpt2-xl", device="cuda", dtype="bfloat16"),
     "gpt-j-6b": dict(model="EleutherAI/gpt-j-6B", hparams_name="gpt-j-6B", device="cuda", dtype="bfloat16"),

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .held_apart import split_held_apart, write_if_changed
 from .presets import SHARED_DATA
 
 # The host's MEND edits the last 3 layers' MLPs. The centre is a setting a few hundred CPU steps can
@@ -70,24 +71,6 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
     return [int(x) for x in spec.split("+")]
 
 
-def split_held_apart(records: list[dict], holdout: int) -> tuple[list[dict], list[dict]]:
-    """(training part, held-apart part): the last ``holdout`` records are held apart, and no record of
-    the training part shares a subject with them."""
-    if not 0 < holdout < len(records):
-        raise ValueError(f"--holdout {holdout} must be between 1 and {len(records) - 1}")
-    held = records[-holdout:]
-    subjects = {r["subject"] for r in held}
-    train = [r for r in records[:-holdout] if r["subject"] not in subjects]
-    return train, held
-
-
-def _write_if_changed(path: Path, records: list[dict]) -> None:
-    """The cache is keyed by the file's size and mtime: rewrite it only when its content changes."""
-    text = json.dumps(records)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-
-
 def _n_layers(model_path: str) -> int:
     cfg = json.loads((Path(model_path) / "config.json").read_text())
     return cfg.get("num_hidden_layers") or cfg["n_layer"]
@@ -120,7 +103,7 @@ def sweep(model_path: str, records: list[dict], grid: dict[str, dict[str, Any]],
     out.mkdir(parents=True, exist_ok=True)
     train, held = split_held_apart(records, holdout)
     train_file = out / "train-part.json"
-    _write_if_changed(train_file, train)
+    write_if_changed(train_file, train)
     results_path = out / "sweep.json"
     setup = {"model": model_path, "n_train": len(train), "held_apart": [r["prompt"] for r in held]}
     saved = json.loads(results_path.read_text()) if results_path.exists() else {}

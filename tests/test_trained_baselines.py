@@ -208,3 +208,19 @@ def test_scope_radius_keeps_false_hits_within_the_allowance():
     assert chosen["host_radius_hits"] == 0.25 and chosen["host_radius_false_hits"] == 0.0
     # the host's rule with the chosen scale: in scope exactly below the radius
     assert math.exp(-chosen["scale"] * 3.99) > 0.5 > math.exp(-chosen["scale"] * 4.01)
+
+
+def test_mend_trains_on_zsre_through_the_hosts_zsre_dataset(tiny_gpt2_dir, tmp_path):
+    from dafnet_plugin.data.builtin import to_zsre
+
+    zsre_json = tmp_path / "zsre.json"
+    zsre_json.write_text(json.dumps(to_zsre(make_edits(split="train"))[:40]))
+    assert trained._is_mend_zsre(zsre_json)
+    from easyeditor import ZsreDataset
+    assert issubclass(trained._dataset_class(zsre=True), ZsreDataset)
+    hp = trained.train_mend(tiny_gpt2_dir, zsre_json, tmp_path, steps=4, n_layers=2, edit_lr=1e-2, **FAST)
+    budget = trained.training_budget(hp)
+    assert (budget["training_steps"], budget["edits_seen"], budget["train_file"]) == (4, 4, "zsre.json")
+    record = to_counterfact(make_edits(split="val"))[0]
+    metrics, before, after = edit_through_base_editor(hp, record)
+    assert (after - before).abs().max() > 1e-4  # the ZsRE-trained MEND edits the model

@@ -174,21 +174,30 @@ def _model_class(model_path: str) -> str:
 
 
 # ----- the host's dataset, with exactly `steps` batches and labels that match ------------------
-def _dataset_class():
-    from easyeditor import CounterFactDataset
+def _is_mend_zsre(path: str | os.PathLike) -> bool:
+    records = _read_json(Path(path))
+    return bool(records) and isinstance(records[0], dict) and "src" in records[0]
 
-    class StepsCounterFactDataset(CounterFactDataset):
-        """The host's CounterFact dataset; ``cycle_to`` repeats the records to that many (so the
-        host's epoch count is 1 and an epoch is exactly the steps asked for); ``space_targets``
-        tokenises the labels as they stand in the sentence (with their leading space)."""
+
+def _dataset_class(zsre: bool = False):
+    """The host's CounterFactDataset, or its ZsreDataset for MEND's ZsRE form (``zsre``)."""
+    from easyeditor import CounterFactDataset, ZsreDataset
+
+    base, records = (ZsreDataset, "_data") if zsre else (CounterFactDataset, "data")
+
+    class StepsDataset(base):
+        """The host's dataset; ``cycle_to`` repeats the records to that many (so the host's epoch
+        count is 1 and an epoch is exactly the steps asked for); ``space_targets`` tokenises the
+        labels as they stand in the sentence (with their leading space)."""
 
         def __init__(self, path: str, config, size: int | None = None, cycle_to: int | None = None,
                      space_targets: bool = True) -> None:
             super().__init__(path, size=size, config=config)
-            if not self.data:
+            data = getattr(self, records)
+            if not data:
                 raise ValueError(f"{path} holds no records")
             if cycle_to is not None:
-                self.data = [self.data[i % len(self.data)] for i in range(cycle_to)]
+                setattr(self, records, [data[i % len(data)] for i in range(cycle_to)])
             self.space_targets = space_targets
 
         def _labels(self, texts: list[str]) -> dict:
@@ -209,7 +218,7 @@ def _dataset_class():
             out["loc"]["decoder_attention_mask"] = ans["attention_mask"].to(device)
             return out
 
-    return StepsCounterFactDataset
+    return StepsDataset
 
 
 # ----- training --------------------------------------------------------------------------------
@@ -275,7 +284,7 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
     ee = register()
     from transformers import AutoConfig
 
-    dataset = _dataset_class()
+    dataset = _dataset_class(zsre=_is_mend_zsre(train_json))
     torch.manual_seed(hp.seed)
     train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, space_targets=space_targets)
     val_set = dataset(str(val_json or train_json), config=hp, size=val_size, space_targets=space_targets)

@@ -1,0 +1,52 @@
+"""Evaluation records held apart from a training file (benchmarks/held_apart.py) and the ZsRE preset
+that uses them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.held_apart import held_apart_files, split_held_apart
+from benchmarks.presets import PRESETS
+from dafnet_plugin.data.builtin import make_edits, to_zsre
+from dafnet_plugin.data.dafset import load_records
+
+
+def test_held_apart_subjects_never_train():
+    records = [{"subject": s, "prompt": f"{s} {i}"} for i, s in enumerate("abcadeb")]
+    train, held = split_held_apart(records, 2)
+    assert [r["prompt"] for r in held] == ["e 5", "b 6"]
+    assert [r["prompt"] for r in train] == ["a 0", "c 2", "a 3", "d 4"]  # "b 1" shares a held-apart subject
+    with pytest.raises(ValueError, match="holdout 7"):
+        split_held_apart(records, 7)
+
+
+def test_held_apart_files_replace_the_training_file_and_keep_its_form(tmp_path):
+    source = tmp_path / "zsre.json"
+    raw = to_zsre(make_edits(split="train"))
+    source.write_text(json.dumps(raw))
+    other = str(tmp_path / "other.json")
+    eval_file, train_files = held_apart_files(str(source), [str(source), other], 5, tmp_path / "splits")
+    assert train_files[1] == other and train_files[0] != str(source)
+    held, train = json.loads(open(eval_file).read()), json.loads(open(train_files[0]).read())
+    assert held == raw[-5:] and "src" in train[0]  # MEND's form, as the host's ZsreDataset reads it
+    assert not {r["subject"] for r in held} & {r["subject"] for r in train}
+    assert len(load_records(eval_file)) == 5
+    # a second run finds the same files, untouched (the suite's caches are keyed by size and mtime)
+    stamp = Path(train_files[0]).stat().st_mtime_ns
+    again = held_apart_files(str(source), [str(source)], 5, tmp_path / "splits")
+    assert again == (eval_file, train_files[:1]) and Path(train_files[0]).stat().st_mtime_ns == stamp
+
+
+def test_held_apart_needs_subjects(tmp_path):
+    source = tmp_path / "no-subject.json"
+    source.write_text(json.dumps([{"prompt": "a"}, {"prompt": "b"}]))
+    with pytest.raises(ValueError, match="no-subject.json record 0: no 'subject'"):
+        held_apart_files(str(source), [str(source)], 1, tmp_path)
+
+
+def test_zsre_preset_holds_its_evaluation_apart():
+    zsre = PRESETS["smollm2-zsre"]
+    assert zsre["eval"] in zsre["train"] and zsre["held_apart"] > max(zsre["T"])
+    assert zsre["steps"] == PRESETS["smollm2-cf"]["steps"]  # the same budgets as CounterFact's
