@@ -136,13 +136,13 @@ def context_of(cfg: CompareConfig, model_path: str | None = None, train_files: l
     """What each method's preparation gets from this setup (``model_path``: cfg.model, resolved;
     ``train_files``: cfg.train, or what replaces it when records are held apart)."""
     return Context(model_path or resolve_model(cfg.model), cfg.hparams_name, list(train_files or cfg.train),
-                   cache_root(cfg), cfg.device, dict(cfg.steps))
+                   cache_root(cfg), cfg.device, dict(cfg.steps), {m: dict(v) for m, v in cfg.training.items()})
 
 
 # What a resumed run may change: which methods and lengths to add, and how fast it runs.
 RESUMABLE_CHANGES = {"methods", "T", "max_T", "threads", "out", "cache", "preset"}
 # Settings of one method: a change matters only where that method already has rows.
-PER_METHOD = {"steps", "hparams"}
+PER_METHOD = {"steps", "hparams", "training"}
 
 
 def check_same_setup(path: Path, results: dict, now: dict) -> None:

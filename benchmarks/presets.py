@@ -32,6 +32,9 @@ class CompareConfig:
     out: Optional[str] = None              # default runs/<preset>
     cache: Optional[str] = None            # default ~/.cache/dafnet-easyedit/suite
     steps: Dict[str, int] = field(default_factory=dict)   # training steps per trained method
+    # per trained method (MEND, SERAC), training settings for benchmarks.methods.trained, e.g.
+    # training.MEND.lr=1e-4 or training.MEND.layers=last6
+    training: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     # per method, fields of its host hparams to replace, e.g. hparams.ROME.v_num_grad_steps=10
     hparams: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .held_apart import split_held_apart, write_if_changed
+from .methods.trained import n_layers_of, parse_layers
 from .presets import SHARED_DATA
 
 # The host's MEND edits the last 3 layers' MLPs. The centre is a setting a few hundred CPU steps can
@@ -60,22 +61,6 @@ SMOKE_GRID: dict[str, dict[str, Any]] = {
 BAR = dict(rewrite_acc=0.80, locality=0.80)
 
 
-def parse_layers(spec: str, n_layers: int) -> list[int]:
-    """``last<k>`` (the last k layers), ``<a>-<b>`` (a to b inclusive) or ``<a>+<b>+...``."""
-    if spec.startswith("last"):
-        k = int(spec[4:])
-        return list(range(max(0, n_layers - k), n_layers))
-    if "-" in spec:
-        first, last = (int(x) for x in spec.split("-"))
-        return list(range(first, last + 1))
-    return [int(x) for x in spec.split("+")]
-
-
-def _n_layers(model_path: str) -> int:
-    cfg = json.loads((Path(model_path) / "config.json").read_text())
-    return cfg.get("num_hidden_layers") or cfg["n_layer"]
-
-
 def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file: Path, held: list[dict],
                 cache_root: Path) -> dict[str, Any]:
     """Train MEND with ``setting`` (cached), edit every held-apart record on its own, and score."""
@@ -85,7 +70,7 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
     from .methods.trained import bind_fresh_executor, train_mend, training_budget
     from .protocols import run_sequences
 
-    layers = parse_layers(setting["layers"], _n_layers(model_path))
+    layers = parse_layers(setting["layers"], n_layers_of(model_path))
     ctx = Context(model_path, "", [str(train_file)], cache_root)
     work_dir = ctx.cache_dir("MEND-sweep", json.dumps(setting, sort_keys=True))
     hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers, lr=setting["lr"],

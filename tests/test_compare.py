@@ -129,3 +129,32 @@ def test_every_method_runs_every_protocol_through_the_suite(tiny_config, tiny_fa
         assert r["n_edits"] == 3 and r["sec_per_edit"] > 0
         assert all(0 <= r[m] <= 1 for m in compare.METRICS), r
     assert set(results["wall_s"]) == set(tiny_config.methods)
+
+
+def test_held_apart_evaluates_records_no_training_record_shares_a_subject_with(tiny_config, tmp_path):
+    from dafnet_plugin.data.builtin import to_zsre
+
+    both = tmp_path / "zsre.json"
+    both.write_text(json.dumps(to_zsre(make_edits(60, split="train"))))
+    tiny_config.train, tiny_config.eval, tiny_config.held_apart = [str(both)], str(both), 8
+    tiny_config.methods, tiny_config.T, tiny_config.max_T = ["DAFNet"], [4], {}
+    compare.run(tiny_config)
+    splits = tmp_path / "cache" / "splits"
+    train_part = next(splits.glob("zsre-*-train.json"))
+    held = json.loads(next(splits.glob("zsre-*-heldapart.json")).read_text())
+    assert held == json.loads(both.read_text())[-8:]
+    assert not {r["subject"] for r in held} & {r["subject"] for r in json.loads(train_part.read_text())}
+    # DAFNet trained on the training part only: its cache folder is keyed by that file
+    ctx = compare.context_of(tiny_config, train_files=[str(train_part)])
+    assert ctx.train_files == [str(train_part)]
+
+
+def test_training_settings_reach_mend_and_key_its_cache(tiny_config):
+    from benchmarks.methods import build
+
+    tiny_config.training = {"MEND": {"lr": 1e-3, "edit_lr": 1e-2, "accumulate_bs": 1, "layers": "last2"}}
+    tiny_config.steps = {"MEND": 3}
+    editor = build("MEND", compare.context_of(tiny_config))
+    assert editor.hparams.edit_lr == 1e-2 and editor.hparams.lr == 1e-3
+    assert editor.hparams.inner_params[0].startswith("transformer.h.0.")  # last2 of the tiny 2-layer model
+    assert compare.training_budget(editor.hparams)["optimizer_updates"] == 3

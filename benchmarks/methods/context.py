@@ -16,6 +16,7 @@ class Context:
     cache_root: Path
     device: str = "cpu"
     steps: dict[str, int] = field(default_factory=dict)  # training steps per method, None: the YAML's
+    training: dict[str, dict] = field(default_factory=dict)  # per trained method, its training settings
 
     def fingerprint(self, *parts) -> str:
         """A hash of the model, the training files (name, size, mtime) and ``parts``: a second run

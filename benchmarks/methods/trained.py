@@ -99,6 +99,22 @@ def _model_config(model_path: str | os.PathLike) -> dict:
         return json.load(f)
 
 
+def n_layers_of(model_path: str | os.PathLike) -> int:
+    cfg = _model_config(model_path)
+    return cfg.get("num_hidden_layers") or cfg["n_layer"]
+
+
+def parse_layers(spec: str, n_layers: int) -> list[int]:
+    """Layer indices from ``last<k>`` (the last k layers), ``<a>-<b>`` (a to b inclusive) or ``<a>+<b>+...``."""
+    if spec.startswith("last"):
+        k = int(spec[4:])
+        return list(range(max(0, n_layers - k), n_layers))
+    if "-" in spec:
+        first, last = (int(x) for x in spec.split("-"))
+        return list(range(first, last + 1))
+    return [int(x) for x in spec.split("+")]
+
+
 def host_model_path(model_path: str | os.PathLike, work_dir: str | os.PathLike) -> str:
     """The path under which the host treats ``model_path`` as the family it is (module docstring):
     the path itself for a GPT-2 or a name the host already reads right, else a symlink in work_dir."""
