@@ -34,22 +34,24 @@ def squared_distances(hp, records: list[dict]) -> tuple[torch.Tensor, torch.Tens
     from easyeditor.trainer import SERAC
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(hp)
-    config.device = "cpu"
+    from dafnet_plugin.host import cuda_strings_on_cpu
+
     model = AutoModelForCausalLM.from_pretrained(hp.model_name)
-    serac = SERAC(model, config, lambda: model)  # the counterfactual model is not run here
+    # the host sends SERAC's parts to f"cuda:{device}": on a CPU-only machine, to the CPU
+    with cuda_strings_on_cpu(factories=False):
+        serac = SERAC(model, copy.deepcopy(hp), lambda: model)  # the counterfactual model is not run here
     state = torch.load(hp.archive, map_location="cpu", weights_only=True)["model"]
     serac.load_state_dict(state, strict=False)
-    serac.classifier.to("cpu").eval()
-    serac.scale = torch.tensor(1.0)  # log-similarities are then -d²
+    serac.classifier.eval()
+    serac.scale = torch.ones((), device=serac.scale.device)  # log-similarities are then -d²
     serac.cache_inputs = [f"{r['prompt']} {r['target_new']}" for r in records]
     stored = serac.build_cls_cache_inputs()  # the host cuts the answer off again
     rephrases = [f"{r['rephrase_prompt']} {r['target_new']}" for r in records]
     neighbours = [f"{r['locality_prompt']} {r['locality_ground_truth']}" for r in records]
-    with torch.no_grad():
+    with torch.no_grad(), cuda_strings_on_cpu():
         in_scope = -serac.embedding_logsim_matrix(stored, rephrases).diagonal()
         out_of_scope = -serac.embedding_logsim_matrix(stored, neighbours).diagonal()
-    return in_scope.float(), out_of_scope.float()
+    return in_scope.float().cpu(), out_of_scope.float().cpu()
 
 
 def choose_radius(in_scope: torch.Tensor, out_of_scope: torch.Tensor, false_hits: float = FALSE_HITS) -> dict:
@@ -59,11 +61,13 @@ def choose_radius(in_scope: torch.Tensor, out_of_scope: torch.Tensor, false_hits
     allowed = int(math.floor(false_hits * len(ordered)))
     # strictly below the (allowed+1)-th smallest out-of-scope distance
     radius = ordered[allowed].item() if allowed < len(ordered) else ordered[-1].item() * 2
+    def share(d: torch.Tensor, r: float) -> float:
+        return int((d < r).sum()) / len(d)
+
     return {"radius_d2": radius, "scale": math.log(2) / radius,
-            "rephrase_hits": (in_scope < radius).float().mean().item(),
-            "locality_false_hits": (out_of_scope < radius).float().mean().item(),
-            "host_radius_hits": (in_scope < math.log(2)).float().mean().item(),
-            "host_radius_false_hits": (out_of_scope < math.log(2)).float().mean().item()}
+            "rephrase_hits": share(in_scope, radius), "locality_false_hits": share(out_of_scope, radius),
+            "host_radius_hits": share(in_scope, math.log(2)),
+            "host_radius_false_hits": share(out_of_scope, math.log(2))}
 
 
 def calibrate(hp, train_json: str | os.PathLike, n: int = CALIBRATION_RECORDS,
