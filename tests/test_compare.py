@@ -44,6 +44,8 @@ def test_suite_writes_results_table_and_plot(tiny_config, tmp_path):
     assert "| 4 | final | DAFNet |" in (out / "results.md").read_text()
     assert (out / "metrics.png").stat().st_size > 1000
     assert results["rows"] == saved["rows"]
+    train = json.loads(open(tiny_config.train[0]).read())
+    assert saved["training"]["DAFNet"]["distinct_edits"] == len({(r["prompt"], r["target_new"]) for r in train})
 
 
 def test_suite_resumes_without_redoing_finished_rows(tiny_config, monkeypatch):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from dafnet_plugin import DAFNetHyperParams
-from dafnet_plugin.data.dafset import DAFSetDataset, MixtureDataset
+from dafnet_plugin.data.dafset import DAFSetDataset, MixtureDataset, load_records
 from dafnet_plugin.hparams import DAFNetTrainingHparams
 
 from .context import Context
@@ -48,8 +48,11 @@ def write_budget(checkpoint: Path, config: DAFNetTrainingHparams, seconds: float
     for line in log.read_text().splitlines():
         entry = json.loads(line)
         steps[entry["step"]] = entry["k"]  # a resumed run may log a step twice: the last one counts
+    # distinct (prompt, target) edits of the training files; the cached trunk trains on trunk_pool of them
+    distinct = len({(r["prompt"], r["target_new"]) for f in train_files for r in load_records(f)})
     budget = {"method": "DAFNet", "training_steps": len(steps), "batch_size": None,
-              "edits_seen": sum(steps.values()), "distinct_edits": config.trunk_pool if config.trunk_cache else None,
+              "edits_seen": sum(steps.values()),
+              "distinct_edits": min(distinct, config.trunk_pool) if config.trunk_cache else distinct,
               "accumulate_bs": 1, "optimizer_updates": len(steps), "lr": config.lr, "archive_step": len(steps),
               "wall_s": round(seconds, 1), "threads": torch.get_num_threads(),
               "train_file": [Path(f).name for f in train_files],
