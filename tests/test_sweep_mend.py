@@ -10,14 +10,12 @@ pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
 from benchmarks import sweep_mend  # noqa: E402
 
 
-def test_layer_specs_and_the_held_apart_split():
-    assert sweep_mend.parse_layers("last3", 30) == [27, 28, 29]
-    assert sweep_mend.parse_layers("14-16", 30) == [14, 15, 16]
-    assert sweep_mend.parse_layers("3+9", 30) == [3, 9]
-    records = [{"subject": s, "prompt": f"{s} {i}"} for i, s in enumerate("abcadeb")]
-    train, held = sweep_mend.split_held_apart(records, 2)
-    assert [r["prompt"] for r in held] == ["e 5", "b 6"]
-    assert [r["prompt"] for r in train] == ["a 0", "c 2", "a 3", "d 4"]  # "b 1" shares a held-apart subject
+def test_layer_specs():  # the held-apart split is tested in test_held_apart.py
+    from benchmarks.methods.trained import parse_layers
+
+    assert parse_layers("last3", 30) == [27, 28, 29]
+    assert parse_layers("14-16", 30) == [14, 15, 16]
+    assert parse_layers("3+9", 30) == [3, 9]
 
 
 def test_smoke_sweep_trains_scores_and_resumes(tiny_facts_model, tmp_path, monkeypatch):

@@ -61,6 +61,7 @@ def choose_radius(in_scope: torch.Tensor, out_of_scope: torch.Tensor, false_hits
     allowed = int(math.floor(false_hits * len(ordered)))
     # strictly below the (allowed+1)-th smallest out-of-scope distance
     radius = ordered[allowed].item() if allowed < len(ordered) else ordered[-1].item() * 2
+
     def share(d: torch.Tensor, r: float) -> float:
         return int((d < r).sum()) / len(d)
 
