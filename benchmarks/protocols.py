@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -54,6 +55,20 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
+@contextmanager
+def _room_for(hparams, n_tokens: int):
+    """The pinned host's ``test_prediction_acc`` truncates prompt + answer at ``hparams.max_length``
+    (40 for most methods) and then scores an empty slice, or fails with an IndexError, on a longer
+    record (16 of counterfact-train's, 3 of counterfact-val's). The current host truncates at
+    ``max(max_length, longest)``; this gives the pinned one the same room while it scores."""
+    before = hparams.max_length
+    hparams.max_length = max(before, n_tokens + 1)
+    try:
+        yield
+    finally:
+        hparams.max_length = before
+
+
 class Evaluator:
     """Scores requests on ``editor.model`` with the host's metrics; locality is measured against
     the unedited model's outputs, recorded by ``remember_unedited``."""
@@ -66,8 +81,15 @@ class Evaluator:
 
     def _quality(self, model, request: dict) -> dict:
         e = self.editor
-        with cuda_strings_on_cpu(), torch.no_grad():
+        with cuda_strings_on_cpu(), torch.no_grad(), _room_for(e.hparams, self._longest(request)):
             return self.compute(model, e.model_name, e.hparams, e.tok, request, e.hparams.device)
+
+    def _longest(self, request: dict) -> int:
+        """Tokens in the longest prompt + answer the host will score for ``request``."""
+        loc = request["locality"]["neighborhood"]
+        pairs = [(request["prompt"], request["target_new"]), (request["rephrase_prompt"], request["target_new"]),
+                 (loc["prompt"], loc["ground_truth"])]
+        return max(len(self.editor.tok(f"{p} {a}")["input_ids"]) for p, a in pairs)
 
     def remember_unedited(self, requests: Iterable[dict]) -> None:
         for r in requests:
