@@ -2,6 +2,7 @@
 the trained archive (benchmarks/methods/trained.py)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -130,8 +131,9 @@ def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_d
     assert (budget["training_steps"], budget["edits_seen"], budget["optimizer_updates"]) == (4, 16, 4)
     assert any(k.startswith("classifier.") for k in state["model"]) and any(k.startswith("replacement.") for k in state["model"])
 
-    metrics, before, after = edit_through_base_editor(hp, RECORDS[0])
-    assert (after - before).abs().max() > 1e-3  # the edit is in the cache: the counterfactual model weighs in
+    # the edit is in the cache: under the host's mixing the counterfactual model weighs in on every prompt
+    metrics, before, after = edit_through_base_editor(dataclasses.replace(hp, supervised=False), RECORDS[0])
+    assert (after - before).abs().max() > 1e-3
     assert set(metrics[0]["post"]) >= {"rewrite_acc", "rephrase_acc", "locality"}
 
     # in a sequence SERAC remembers every edit (the host's executor alone keeps only the latest)
@@ -147,6 +149,25 @@ def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_d
     session.restore()
     session.apply(request_of(RECORDS[3]))
     assert len(session.model.cache_inputs) == 1  # restored: the next sequence starts empty
+
+    # the host's executor leaves SERAC in training mode (dropout in its classifier); the suite's does not
+    serac = session.model
+    assert not any(m.training for m in (serac, serac.model, serac.classifier, serac.replacement))
+
+    # a prompt outside the stored edit's scope gets the base model's logits unchanged (the paper's
+    # routing); the host's mixing would give it a share of the counterfactual model's
+    query = editor.tok([RECORDS[10]["prompt"]], return_tensors="pt")
+    with torch.no_grad(), cuda_strings_on_cpu():
+        serac.scale.fill_(1.0)
+        d2 = -serac.run_classifier(**query)[2].max()
+        serac.scale.fill_(math.log(1 / 0.3) / d2.item())  # similarity 0.3: out of scope, yet not negligible
+        base = serac.model(**query).logits.float()
+        assert hp.supervised
+        routed = serac(**query)
+        serac.config.supervised = False
+        mixed = serac(**query)
+    assert torch.equal(routed, base)
+    assert (mixed.log_softmax(-1) - base.log_softmax(-1)).abs().max() > 1e-2
 
 
 def test_minilm_classifier_is_found_when_installed():

@@ -523,6 +523,13 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
     # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
+    # Route as the SERAC paper does: the counterfactual model's output where the classifier puts a prompt
+    # in scope of a stored edit, the base model's, unchanged, elsewhere. The host mixes the two outputs
+    # by the similarity unless ``supervised`` (its flag for classification tasks) is set, so a neighbour
+    # well outside the radius still takes a share of the counterfactual model's answer. Training keeps
+    # the host's mixing, through which the classifier learns; ``hparams.SERAC.supervised=false`` in the
+    # suite evaluates with the mixing too.
+    editing["supervised"] = True
     hparams = SERACHparams(**editing)
     if calibrate_scope:
         from .serac_scope import calibrate
@@ -554,11 +561,25 @@ def bind_fresh_executor(editor) -> None:
     """Give a ``BaseEditor`` for MEND or SERAC its own executor. The host's ``ALG_DICT`` holds one
     ``MendRewriteExecutor`` / ``SeracRewriteExecutor`` for the whole process, which loads the
     model and archive at its first call and keeps them: a second editor (another model, another
-    archive) would silently edit the first editor's model."""
+    archive) would silently edit the first editor's model.
+
+    The executor also leaves the trained method in training mode (a module is built so, and the
+    executor never calls ``eval``): SERAC's classifier then drops a tenth of its activations at every
+    scope decision and every SERAC it returns puts the edited model in training mode too, and MEND's
+    input normalisation keeps updating its statistics with every evaluation edit. Ours is put in
+    evaluation mode as soon as the executor has loaded it."""
     from easyeditor.models.mend import MendRewriteExecutor
     from easyeditor.models.serac import SeracRewriteExecutor
 
-    executor = {"MEND": MendRewriteExecutor, "SERAC": SeracRewriteExecutor}.get(editor.alg_name)
-    if executor is None:
+    executor_class = {"MEND": MendRewriteExecutor, "SERAC": SeracRewriteExecutor}.get(editor.alg_name)
+    if executor_class is None:
         raise ValueError(f"{editor.alg_name} has no executor")
-    editor.apply_algo = executor().apply_to_model
+    executor = executor_class()
+    load = executor.init_model
+
+    def init_model_for_evaluation(*args, **kwargs):
+        load(*args, **kwargs)
+        executor.alg.eval()
+
+    executor.init_model = init_model_for_evaluation
+    editor.apply_algo = executor.apply_to_model
