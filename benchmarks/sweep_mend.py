@@ -38,11 +38,18 @@ from .presets import SHARED_DATA
 # train: Adam at 1e-4 stepping every train step, and an initial edit step size (edit_lr, learned at
 # lr_lr) large enough that MEND's first edits already move a 135M model. Each other setting changes
 # one thing of the centre, except "host", the host's gpt2-xl rates (what the suite used before).
-CENTER: dict[str, Any] = dict(lr=1e-4, edit_lr=1e-3, lr_lr=1e-3, accumulate_bs=1, steps=400, layers="last3")
+CENTER: dict[str, Any] = dict(lr=1e-4, edit_lr=1e-3, lr_lr=1e-3, accumulate_bs=1, steps=400, layers="last3",
+                              lr_scale=1.0)
+# editing-time only (MEND's edit is scaled by it): settings that differ in it share one trained archive
+EDITING_ONLY = ("lr_scale",)
 GRID: dict[str, dict[str, Any]] = {
     "host": dict(lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, accumulate_bs=10),
     "center": {},
     "lr=1e-5": dict(lr=1e-5),
+    # lr=1e-5 edits (rewrite 1.00) but spills (locality 0.14): the same archive, its edits scaled down
+    "lr=1e-5,lr_scale=0.5": dict(lr=1e-5, lr_scale=0.5),
+    "lr=1e-5,lr_scale=0.25": dict(lr=1e-5, lr_scale=0.25),
+    "lr=1e-5,lr_scale=0.1": dict(lr=1e-5, lr_scale=0.1),
     "lr=3e-4": dict(lr=3e-4),
     "edit_lr=1e-4": dict(edit_lr=1e-4, lr_lr=1e-4),
     "edit_lr=1e-2": dict(edit_lr=1e-2),
@@ -72,9 +79,11 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
 
     layers = parse_layers(setting["layers"], n_layers_of(model_path))
     ctx = Context(model_path, "", [str(train_file)], cache_root)
-    work_dir = ctx.cache_dir("MEND-sweep", json.dumps(setting, sort_keys=True))
+    trained = {k: v for k, v in setting.items() if k not in EDITING_ONLY}
+    work_dir = ctx.cache_dir("MEND-sweep", json.dumps(trained, sort_keys=True))
     hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers, lr=setting["lr"],
-                    edit_lr=setting["edit_lr"], lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"])
+                    edit_lr=setting["edit_lr"], lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"],
+                    lr_scale=setting["lr_scale"])
     editor = BaseEditor.from_hparams(hp)
     bind_fresh_executor(editor)
     with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:
@@ -116,13 +125,13 @@ def table(rows: list[dict], n_held: int, n_train: int) -> str:
     head = (f"MEND settings, each trained on {n_train} records of the training file and scored on {n_held} "
             f"records held apart from it (single-turn; bar: rewrite >= {BAR['rewrite_acc']}, "
             f"locality >= {BAR['locality']}).\n\n"
-            "| setting | lr | edit_lr | lr_lr | accumulate_bs | steps | layers | updates | train min | rewrite "
-            "| rephrase | locality | gen EM | s/edit | bar |\n"
-            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+            "| setting | lr | edit_lr | lr_lr | accumulate_bs | steps | layers | lr_scale | updates | train min "
+            "| rewrite | rephrase | locality | gen EM | s/edit | bar |\n"
+            "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
     lines = []
     for r in rows:
         settings = (f"| {r['name']} | {r['lr']:g} | {r['edit_lr']:g} | {r['lr_lr']:g} | {r['accumulate_bs']} "
-                    f"| {r['steps']} | {r['layers']} |")
+                    f"| {r['steps']} | {r['layers']} | {r.get('lr_scale', 1.0):g} |")
         if r["status"] != "ok":
             reason = r["error"][:80].replace("|", "/")
             lines.append(f"{settings} failed: {reason} |" + " |" * 7)

@@ -34,7 +34,7 @@ def test_smoke_sweep_trains_scores_and_resumes(tiny_facts_model, tmp_path, monke
     trained_on = {r["prompt"] for r in json.loads((out / "train-part.json").read_text())}
     assert len(held) == 4 and not trained_on & set(held)
     table = (out / "sweep.md").read_text()
-    assert "| center | 0.0001 | 0.001 | 0.001 | 1 | 3 | 0-1 | 3 |" in table and "| host |" in table
+    assert "| center | 0.0001 | 0.001 | 0.001 | 1 | 3 | 0-1 | 1 | 3 |" in table and "| host |" in table
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished setting ran again")
