@@ -50,6 +50,8 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,lr_scale=0.5": dict(lr=1e-5, lr_scale=0.5),
     "lr=1e-5,lr_scale=0.25": dict(lr=1e-5, lr_scale=0.25),
     "lr=1e-5,lr_scale=0.1": dict(lr=1e-5, lr_scale=0.1),
+    # keys outside CENTER go to the host's training hparams as they are (cloc: the locality loss weight, 1.0)
+    "lr=1e-5,cloc=5": dict(lr=1e-5, cloc=5.0),
     "lr=3e-4": dict(lr=3e-4),
     "edit_lr=1e-4": dict(edit_lr=1e-4, lr_lr=1e-4),
     "edit_lr=1e-2": dict(edit_lr=1e-2),
@@ -83,7 +85,7 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
     work_dir = ctx.cache_dir("MEND-sweep", json.dumps(trained, sort_keys=True))
     hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers, lr=setting["lr"],
                     edit_lr=setting["edit_lr"], lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"],
-                    lr_scale=setting["lr_scale"])
+                    lr_scale=setting["lr_scale"], **{k: v for k, v in setting.items() if k not in CENTER})
     editor = BaseEditor.from_hparams(hp)
     bind_fresh_executor(editor)
     with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:
