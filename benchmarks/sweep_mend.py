@@ -52,6 +52,7 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,lr_scale=0.1": dict(lr=1e-5, lr_scale=0.1),
     # keys outside CENTER go to the host's training hparams as they are (cloc: the locality loss weight, 1.0)
     "lr=1e-5,cloc=5": dict(lr=1e-5, cloc=5.0),
+    "lr=1e-5,cloc=5,lr_scale=0.5": dict(lr=1e-5, cloc=5.0, lr_scale=0.5),
     "lr=3e-4": dict(lr=3e-4),
     "edit_lr=1e-4": dict(edit_lr=1e-4, lr_lr=1e-4),
     "edit_lr=1e-2": dict(edit_lr=1e-2),
