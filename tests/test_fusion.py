@@ -134,9 +134,9 @@ def test_short_cached_training_makes_a_sequence_of_20_edits_hold(tiny_facts_mode
     before = final_accuracy(editor, tok, held_out)
     DAFNetTrainer(editor, tok, hp, None, tmp_path / "ck.pt", cache).run(STEPS)
     after = final_accuracy(editor, tok, held_out)
-    # a margin the tiny model reaches on any machine: its weights come out of a short CPU training that
-    # differs slightly between CPUs (0.17 after 60 steps on one, above 0.2 on another; 0.25 after 150)
-    assert after > before + 0.1, (before, after)
+    # the tiny facts model comes out of a short CPU training that differs slightly between CPUs: 60 steps
+    # of DAFNet reached +0.2 on one machine and +0.17 on another, 150 steps +0.25 on the slower one
+    assert after > before + 0.2, (before, after)
 
 
 STEPS = 150
