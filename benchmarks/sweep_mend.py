@@ -42,6 +42,9 @@ CENTER: dict[str, Any] = dict(lr=1e-4, edit_lr=1e-3, lr_lr=1e-3, accumulate_bs=1
                               lr_scale=1.0)
 # editing-time only (MEND's edit is scaled by it): settings that differ in it share one trained archive
 EDITING_ONLY = ("lr_scale",)
+# a setting may also name "mlp": "all" (the default, the host's) or "down" (see trained.inner_params_for);
+# it is left out of CENTER so that the archives trained before it existed keep their cache keys
+DEFAULT_MLP = "all"
 GRID: dict[str, dict[str, Any]] = {
     "host": dict(lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, accumulate_bs=10),
     "center": {},
@@ -53,6 +56,11 @@ GRID: dict[str, dict[str, Any]] = {
     # keys outside CENTER go to the host's training hparams as they are (cloc: the locality loss weight, 1.0)
     "lr=1e-5,cloc=5": dict(lr=1e-5, cloc=5.0),
     "lr=1e-5,cloc=5,lr_scale=0.5": dict(lr=1e-5, cloc=5.0, lr_scale=0.5),
+    # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
+    # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
+    "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
+    "lr=1e-5,mlp=down,layers=last6": dict(lr=1e-5, mlp="down", layers="last6"),
+    "lr=1e-5,mlp=down,cloc=5": dict(lr=1e-5, mlp="down", cloc=5.0),
     "lr=3e-4": dict(lr=3e-4),
     "edit_lr=1e-4": dict(edit_lr=1e-4, lr_lr=1e-4),
     "edit_lr=1e-2": dict(edit_lr=1e-2),
@@ -84,9 +92,11 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
     ctx = Context(model_path, "", [str(train_file)], cache_root)
     trained = {k: v for k, v in setting.items() if k not in EDITING_ONLY}
     work_dir = ctx.cache_dir("MEND-sweep", json.dumps(trained, sort_keys=True))
-    hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers, lr=setting["lr"],
-                    edit_lr=setting["edit_lr"], lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"],
-                    lr_scale=setting["lr_scale"], **{k: v for k, v in setting.items() if k not in CENTER})
+    host_keys = {k: v for k, v in setting.items() if k not in CENTER and k != "mlp"}
+    hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers,
+                    mlp=setting.get("mlp", DEFAULT_MLP), lr=setting["lr"], edit_lr=setting["edit_lr"],
+                    lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"], lr_scale=setting["lr_scale"],
+                    **host_keys)
     editor = BaseEditor.from_hparams(hp)
     bind_fresh_executor(editor)
     with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:
@@ -134,7 +144,7 @@ def table(rows: list[dict], n_held: int, n_train: int) -> str:
     lines = []
     for r in rows:
         settings = (f"| {r['name']} | {r['lr']:g} | {r['edit_lr']:g} | {r['lr_lr']:g} | {r['accumulate_bs']} "
-                    f"| {r['steps']} | {r['layers']} | {r.get('lr_scale', 1.0):g} |")
+                    f"| {r['steps']} | {_layers(r)} | {r.get('lr_scale', 1.0):g} |")
         if r["status"] != "ok":
             reason = r["error"][:80].replace("|", "/")
             lines.append(f"{settings} failed: {reason} |" + " |" * 7)
@@ -145,6 +155,11 @@ def table(rows: list[dict], n_held: int, n_train: int) -> str:
                      f"| {r['rewrite_acc']:.3f} | {r['rephrase_acc']:.3f} | {r['locality']:.3f} | {r['gen_em']:.3f} "
                      f"| {r['sec_per_edit']:.2f} | {'yes' if meets else 'no'} |")
     return head + "\n".join(lines) + "\n"
+
+
+def _layers(row: dict) -> str:
+    mlp = row.get("mlp", DEFAULT_MLP)
+    return row["layers"] if mlp == DEFAULT_MLP else f"{row['layers']} ({mlp})"
 
 
 def _select(grid: dict[str, dict[str, Any]], names: Sequence[str] | None) -> dict[str, dict[str, Any]]:

@@ -18,6 +18,24 @@ def test_layer_specs():  # the held-apart split is tested in test_held_apart.py
     assert parse_layers("3+9", 30) == [3, 9]
 
 
+def test_mend_edits_all_mlp_weights_or_the_output_projections_only(tmp_path):
+    from benchmarks.methods.trained import inner_params_for
+
+    llama, gpt2 = tmp_path / "llama", tmp_path / "gpt2"
+    for folder, config in ((llama, {"model_type": "llama", "num_hidden_layers": 30}),
+                           (gpt2, {"model_type": "gpt2", "n_layer": 12})):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+    assert inner_params_for(llama, layers=[28, 29], mlp="down") == [
+        "model.layers.28.mlp.down_proj.weight", "model.layers.29.mlp.down_proj.weight"]
+    assert len(inner_params_for(llama, layers=[28, 29])) == 6
+    assert inner_params_for(gpt2, n_layers=1, mlp="down") == ["transformer.h.11.mlp.c_proj.weight"]
+    with pytest.raises(ValueError, match="mlp='up'"):
+        inner_params_for(llama, mlp="up")
+    assert sweep_mend._layers({"layers": "last3", "mlp": "down"}) == "last3 (down)"
+    assert sweep_mend._layers({"layers": "last3"}) == "last3"
+
+
 def test_smoke_sweep_trains_scores_and_resumes(tiny_facts_model, tmp_path, monkeypatch):
     out = tmp_path / "out"
     argv = ["--smoke", "--model", tiny_facts_model[1], "--out", str(out), "--cache", str(tmp_path / "cache"),

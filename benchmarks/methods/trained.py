@@ -61,6 +61,10 @@ from dafnet_plugin.host import register
 # Model families as the host recognises them by name (see the module docstring).
 GPT2_MLP = ("mlp.c_proj.weight", "mlp.c_fc.weight")                      # host YAML order
 LLAMA_MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
+# which of a layer's MLP weights MEND edits: all of them (the host's YAMLs) or the output projection only
+# (what ROME, MEMIT and DAFNet edit; on SwiGLU the gate and up edits multiply each other's effect)
+MLP_PARTS = {"all": {"gpt2": GPT2_MLP, "llama": LLAMA_MLP},
+             "down": {"gpt2": ("mlp.c_proj.weight",), "llama": ("mlp.down_proj.weight",)}}
 LLAMA_ALIAS_SUFFIX = ".llama-arch.gpt-bpe"
 
 # hparams/TRAINING/MEND/gpt2-xl.yaml (llama-7b.yaml differs in early stopping only, below)
@@ -168,10 +172,13 @@ def minilm_path() -> str:
     return str(path)
 
 
-def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3, layers: list[int] | None = None) -> list[str]:
+def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3, layers: list[int] | None = None,
+                     mlp: str = "all") -> list[str]:
     """MEND's edited weights: the MLP weights of ``layers``, by default the last ``n_layers`` layers
     (all layers of a shallower model), in the host YAMLs' order (GPT-2: c_proj, c_fc; LLaMA family:
-    gate, up, down)."""
+    gate, up, down); ``mlp="down"`` keeps only the output projection (GPT-2 c_proj, LLaMA down_proj)."""
+    if mlp not in MLP_PARTS:
+        raise ValueError(f"mlp='{mlp}': expected one of {', '.join(MLP_PARTS)}")
     cfg = _model_config(model_path)
     gpt2 = cfg.get("model_type") == "gpt2"
     total = cfg.get("n_layer", cfg.get("num_hidden_layers")) if gpt2 else cfg["num_hidden_layers"]
@@ -181,8 +188,8 @@ def inner_params_for(model_path: str | os.PathLike, n_layers: int = 3, layers: l
     if outside:
         raise ValueError(f"layers {outside} are outside this model's {total} layers")
     if gpt2:
-        return [f"transformer.h.{i}.{p}" for i in layers for p in GPT2_MLP]
-    return [f"model.layers.{i}.{p}" for i in layers for p in LLAMA_MLP]
+        return [f"transformer.h.{i}.{p}" for i in layers for p in MLP_PARTS[mlp]["gpt2"]]
+    return [f"model.layers.{i}.{p}" for i in layers for p in MLP_PARTS[mlp]["llama"]]
 
 
 def _model_class(model_path: str) -> str:
@@ -459,12 +466,13 @@ def _train_once(alg: str, training_class, training: dict, llama: bool, overrides
 
 
 def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
-               steps: int, *, n_layers: int = 3, layers: list[int] | None = None,
+               steps: int, *, n_layers: int = 3, layers: list[int] | None = None, mlp: str = "all",
                val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
                space_targets: bool = True, **overrides):
     """Train MEND on ``train_json`` (EasyEdit CounterFact records) through the host's EditTrainer,
     unless ``work_dir/models/MEND/<name>`` exists; return the host's ``MENDHyperParams`` for it.
-    MEND edits the MLPs of ``layers`` (layer indices), by default of the last ``n_layers``.
+    MEND edits the MLPs of ``layers`` (layer indices), by default of the last ``n_layers``: all their
+    weights, or with ``mlp="down"`` the output projections only.
 
     ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
     ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
@@ -478,7 +486,7 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
     llama = _model_config(host_path).get("model_type") != "gpt2"
     training = dict(
         model_name=host_path, model_class=_model_class(host_path), tokenizer_class="GPT2Tokenizer",
-        tokenizer_name=host_path, inner_params=inner_params_for(host_path, n_layers, layers), archive=None,
+        tokenizer_name=host_path, inner_params=inner_params_for(host_path, n_layers, layers, mlp), archive=None,
         **_MEND_METHOD, **_MEND_TRAINING, results_dir=str(work_dir / "training" / "MEND"), device="cuda:0",
         max_iters=steps + 1,
     )
