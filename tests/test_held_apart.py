@@ -50,3 +50,24 @@ def test_zsre_preset_holds_its_evaluation_apart():
     zsre = PRESETS["smollm2-zsre"]
     assert zsre["eval"] in zsre["train"] and zsre["held_apart"] > max(zsre["T"])
     assert zsre["steps"] == PRESETS["smollm2-cf"]["steps"]  # the same budgets as CounterFact's
+
+
+def test_dev_split_lies_outside_dafnets_training_pool(tmp_path):
+    from benchmarks.dev_split import dev_records
+
+    def record(subject, i):
+        return {"subject": subject, "prompt": f"{subject} works for", "target_new": f"t{i}",
+                "rephrase_prompt": f"{subject} is employed by", "locality_prompt": "x", "locality_ground_truth": "y"}
+
+    cf = [record(s, i) for i, s in enumerate("abcdefgh")]
+    dafset = [record("a", 0), record("z", 9)]  # DAFSet repeats a CounterFact edit, as the real files do
+    files = [tmp_path / "cf.json", tmp_path / "dafset.json"]
+    for path, records in zip(files, (cf, dafset)):
+        path.write_text(json.dumps(records))
+    # a pool of 5 takes 4 from cf (a-d) and 1 from dafset (its "a" repeats an edit taken, so z):
+    # e-h lie outside it, and the last 3 of them form the split
+    dev = dev_records([str(f) for f in files], 5, 3)
+    assert [r["subject"] for r in dev] == ["f", "g", "h"]
+    assert dev[0] == cf[5]  # raw records, in the file's own form
+    with pytest.raises(ValueError, match="only 4 records"):
+        dev_records([str(f) for f in files], 5, 5)
