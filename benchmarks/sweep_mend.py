@@ -59,6 +59,9 @@ GRID: dict[str, dict[str, Any]] = {
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
+    # down-only edits reach the rephrases (0.92) and spill further still (locality 0.10): scaled down
+    "lr=1e-5,mlp=down,lr_scale=0.5": dict(lr=1e-5, mlp="down", lr_scale=0.5),
+    "lr=1e-5,mlp=down,lr_scale=0.25": dict(lr=1e-5, mlp="down", lr_scale=0.25),
     "lr=1e-5,mlp=down,layers=last6": dict(lr=1e-5, mlp="down", layers="last6"),
     "lr=1e-5,mlp=down,cloc=5": dict(lr=1e-5, mlp="down", cloc=5.0),
     "lr=3e-4": dict(lr=3e-4),
