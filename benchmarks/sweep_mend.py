@@ -58,6 +58,7 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,cloc=5,lr_scale=0.5": dict(lr=1e-5, cloc=5.0, lr_scale=0.5),
     # the locality loss had 400 steps to act: two and a half times as many
     "lr=1e-5,cloc=5,steps=1000": dict(lr=1e-5, cloc=5.0, steps=1000),
+    "lr=1e-5,layers=last2": dict(lr=1e-5, layers="last2"),   # fewer edited layers, a smaller edit
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
