@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dafnet_plugin.data.dafset import load_records
+from dafnet_plugin.default_model import _cache_root
 from dafnet_plugin.hparams import DAFNetTrainingHparams
 from dafnet_plugin.training import distinct_pool
 
@@ -42,13 +43,13 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="smollm2-cf", help="whose training files and YAML to follow")
     parser.add_argument("--n", type=int, default=100, help="records in the dev split")
-    parser.add_argument("--out", help="default ~/.cache/dafnet-easyedit/data/cf-dev-<n>.json")
+    parser.add_argument("--out", help="default <DAFNET_CACHE or ~/.cache/dafnet-easyedit>/data/cf-dev-<n>.json")
     args = parser.parse_args(argv)
 
     preset = PRESETS[args.preset]
     config = DAFNetTrainingHparams.from_hparams(f"hparams/TRAINING/DAFNet/{preset['hparams_name']}.yaml")
     records = dev_records(preset["train"], config.trunk_pool, args.n)
-    out = Path(args.out or Path.home() / f".cache/dafnet-easyedit/data/cf-dev-{args.n}.json")
+    out = Path(args.out or _cache_root(None) / "data" / f"cf-dev-{args.n}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_if_changed(out, records)
     print(out)
