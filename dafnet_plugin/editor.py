@@ -68,7 +68,8 @@ class DAFNetEditor(nn.Module):
     learning rates; the model is referenced, never registered, so it is not in ``state_dict``."""
 
     def __init__(self, model: nn.Module, module_names: Sequence[str], cfg: NetworkConfig,
-                 init_edit_lr: float = 1e-4, memory_limit: int = 0, precondition: bool = False) -> None:
+                 init_edit_lr: float = 1e-4, memory_limit: int = 0, precondition: bool = False,
+                 protect_keys: float = 0.0) -> None:
         super().__init__()
         self.__dict__["model"] = model
         named = dict(model.named_modules())
@@ -94,6 +95,12 @@ class DAFNetEditor(nn.Module):
         self.preconditioners = nn.ModuleDict(
             {str(i): _Preconditioner(_shape(self.edited[n])[0]) for i, n in enumerate(self.module_names)}
         ) if precondition else None
+        # Optional, at editing time: each edit's keys (its module inputs) join the preconditioner of
+        # the edits after it, with this weight, as MEMIT's sequential statistics and AlphaEdit's
+        # null space keep earlier keys: a later update then writes little where an earlier edit
+        # (and what shares its keys) reads. 0 leaves the preconditioner fixed.
+        self.protect_keys = protect_keys
+        self.protected: dict[str, torch.Tensor | None] = {}
         device = next(model.parameters()).device
         self.to(device)
         self.deltas: dict[str, torch.Tensor | None] = {}
@@ -137,16 +144,18 @@ class DAFNetEditor(nn.Module):
             net = self.networks[self.route[name][0]]
             self.deltas[name] = None
             self.memory[name] = net.empty_memory(self.edit_lrs.device)
+            self.protected[name] = None
         self.n_edits = 0
 
     def snapshot(self) -> dict:
         """The sequence state now; ΔW and memory are replaced, never changed in place, so
         references suffice."""
         return {"deltas": dict(self.deltas), "memory": {n: list(m) for n, m in self.memory.items()},
-                "n_edits": self.n_edits}
+                "n_edits": self.n_edits, "protected": dict(self.protected)}
 
     def restore(self, snap: dict) -> None:
         self.deltas = dict(snap["deltas"])
+        self.protected = dict(snap["protected"])
         self.memory = {n: list(m) for n, m in snap["memory"].items()}
         self.n_edits = snap["n_edits"]
 
@@ -200,10 +209,18 @@ class DAFNetEditor(nn.Module):
     def edit_signals(self, signals: dict[str, tuple[torch.Tensor, torch.Tensor]], k: int,
                      detach_past: bool = True) -> None:
         """``edit`` from gradient signals already computed (``gradient_signals``' form), e.g. cached."""
+        if self.protect_keys > 0 and k > 1:
+            # each edit's preconditioner holds the keys of the edits before it: one at a time
+            # (the networks are causal, so this equals the k edits at once otherwise)
+            for e in range(k):
+                self.edit_signals({n: (x[i == e], i[i == e] - e) for n, (x, i) in signals.items()}, 1, detach_past)
+            return
         for index, name in enumerate(self.module_names):
             key, mode = self.route[name]
             x, edit_index = signals[name]
             precondition = None if self.preconditioners is None else self.preconditioners[str(index)].inverse
+            if self.protect_keys > 0:
+                precondition = self._protect(name, precondition, x[:, :self.networks[key].d_in])
             update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name], precondition)
             step = self.edit_lrs[index] * update
             past = self.deltas[name]
@@ -212,6 +229,25 @@ class DAFNetEditor(nn.Module):
             self.deltas[name] = step
             self.memory[name] = [self._capped(torch.cat([m, v], 0)) for m, v in zip(self.memory[name], vectors)]
         self.n_edits += k
+
+    @torch.no_grad()
+    def _protect(self, name: str, base: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
+        """The preconditioner for this edit of module ``name``: (P₀⁻¹ + β Σ_{s<t} K̄_s)⁻¹, P₀ the fixed
+        one and K̄_s = K_sᵀK_s · d / ‖K_s‖² the keys of edit s, scaled to a mean diagonal of 1 as
+        P₀⁻¹ has; then this edit's keys ``keys`` (n, d) are added for the next one (Woodbury, in
+        float64: an n×n solve, not a d×d inverse)."""
+        p = self.protected[name]
+        if p is None:
+            d = keys.shape[1]
+            p = (base if base is not None else torch.eye(d, device=keys.device)).double()
+        if len(keys):
+            v = keys.double() * (self.protect_keys * keys.shape[1]) ** 0.5 / keys.double().norm().clamp(min=1e-12)
+            pv = p @ v.T                                                           # (d, n)
+            inner = torch.eye(len(v), dtype=p.dtype, device=p.device) + v @ pv
+            self.protected[name] = p - pv @ torch.linalg.solve(inner, pv.T)
+        else:
+            self.protected[name] = p
+        return p.float()
 
     @torch.no_grad()
     def estimate_preconditioners(self, second_moments: dict[str, torch.Tensor], damping: float) -> None:
@@ -257,7 +293,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
     ``seed`` makes the networks' initialisation repeatable without touching the global RNG.
     """
     key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
-           hparams.memory_limit, hparams.precondition, hparams.archive)
+           hparams.memory_limit, hparams.precondition, hparams.protect_keys, hparams.archive)
     editor = attached(model)
     if editor is not None and editor.hparams_key == key:
         return editor
@@ -267,7 +303,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
         if seed is not None:
             torch.manual_seed(seed)
         editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
-                              hparams.memory_limit, hparams.precondition).eval()
+                              hparams.memory_limit, hparams.precondition, hparams.protect_keys).eval()
     if hparams.archive:
         editor.load_archive(hparams.archive)
     editor.hparams_key = key

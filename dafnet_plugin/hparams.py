@@ -54,6 +54,7 @@ class _DAFNetMethod:
     memory_limit: int = 0              # past edit vectors kept per layer and module; 0 keeps all
     fusion: str = "additive"           # "convex": the authors' rule (edit t of T acts at ~1/t)
     precondition: bool = False         # True: updates act through the inverse second moment of inputs
+    protect_keys: float = 0.0          # > 0: each edit's keys join the preconditioner of later edits
     archive: Optional[str] = None      # trained DAFNet weights; None edits with an untrained network
     max_length: int = 40
     model_parallel: bool = False

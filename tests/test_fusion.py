@@ -140,3 +140,37 @@ def test_short_cached_training_makes_a_sequence_of_20_edits_hold(tiny_facts_mode
 
 
 STEPS = 150
+
+
+def test_protected_keys_keep_a_later_update_off_an_earlier_edits_keys(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = GPT2Tokenizer.from_pretrained(tiny_gpt2_dir)
+    first, later = (tokenize_edits(tok, [r["prompt"]], [r["target_new"]]) for r in RECORDS[:2])
+    name = GPT2_MODULES[1]
+
+    def later_update_on_first_keys(protect: float) -> float:
+        torch.manual_seed(0)
+        editor = DAFNetEditor(model, GPT2_MODULES, TINY, init_edit_lr=1.0, protect_keys=protect).eval()
+        keys = editor.gradient_signals(first)[name][0][:, :128]
+        editor.edit(first)
+        before = editor.deltas[name]
+        editor.edit(later)
+        update = editor.deltas[name] - before  # the untrained network keeps the earlier edit (γ ≈ 1)
+        editor.remove()
+        return ((keys @ update).norm() / (keys.norm() * update.norm())).item()
+
+    assert later_update_on_first_keys(1.0) < 0.1 * later_update_on_first_keys(0.0)
+
+
+def test_protected_keys_k_edits_at_once_equal_one_by_one(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = GPT2Tokenizer.from_pretrained(tiny_gpt2_dir)
+    editor = DAFNetEditor(model, GPT2_MODULES, TINY, init_edit_lr=0.1, precondition=True, protect_keys=0.5).eval()
+    batch = tokenize_edits(tok, [r["prompt"] for r in RECORDS[:3]], [r["target_new"] for r in RECORDS[:3]])
+    editor.edit(batch)
+    at_once = dict(editor.deltas)
+    editor.reset()
+    for i in range(3):
+        editor.edit(tokenize_edits(tok, [RECORDS[i]["prompt"]], [RECORDS[i]["target_new"]]))
+    for name in GPT2_MODULES:
+        torch.testing.assert_close(editor.deltas[name], at_once[name], atol=1e-5, rtol=1e-4)
