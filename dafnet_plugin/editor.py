@@ -209,19 +209,15 @@ class DAFNetEditor(nn.Module):
     def edit_signals(self, signals: dict[str, tuple[torch.Tensor, torch.Tensor]], k: int,
                      detach_past: bool = True) -> None:
         """``edit`` from gradient signals already computed (``gradient_signals``' form), e.g. cached."""
-        if self.protect_keys > 0 and k > 1:
-            # each edit's preconditioner holds the keys of the edits before it: one at a time
-            # (the networks are causal, so this equals the k edits at once otherwise)
-            for e in range(k):
-                self.edit_signals({n: (x[i == e], i[i == e] - e) for n, (x, i) in signals.items()}, 1, detach_past)
-            return
         for index, name in enumerate(self.module_names):
             key, mode = self.route[name]
             x, edit_index = signals[name]
             precondition = None if self.preconditioners is None else self.preconditioners[str(index)].inverse
+            earlier = None
             if self.protect_keys > 0:
-                precondition = self._protect(name, precondition, x[:, :self.networks[key].d_in])
-            update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name], precondition)
+                precondition, earlier = self._protect(name, precondition, x[:, :self.networks[key].d_in], edit_index)
+            update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name], precondition,
+                                                        earlier)
             step = self.edit_lrs[index] * update
             past = self.deltas[name]
             if past is not None:
@@ -231,23 +227,28 @@ class DAFNetEditor(nn.Module):
         self.n_edits += k
 
     @torch.no_grad()
-    def _protect(self, name: str, base: torch.Tensor | None, keys: torch.Tensor) -> torch.Tensor:
-        """The preconditioner for this edit of module ``name``: (P₀⁻¹ + β Σ_{s<t} K̄_s)⁻¹, P₀ the fixed
-        one and K̄_s = K_sᵀK_s · d / ‖K_s‖² the keys of edit s, scaled to a mean diagonal of 1 as
-        P₀⁻¹ has; then this edit's keys ``keys`` (n, d) are added for the next one (Woodbury, in
-        float64: an n×n solve, not a d×d inverse)."""
+    def _protect(self, name: str, base: torch.Tensor | None, keys: torch.Tensor, edit_index: torch.Tensor
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Edit t of module ``name`` is preconditioned by P_t = (P⁻¹ + β Σ_{s<t} K̄_s)⁻¹, P the
+        preconditioner after the earlier calls and K̄_s = K_sᵀK_s · d / ‖K_s‖² the keys of edit s
+        (its rows of ``keys``, (N, d)), scaled to a mean diagonal of 1 as P₀⁻¹ has.
+
+        With V the scaled keys of this call (rows in edit order), L the Cholesky factor of
+        I + V P Vᵀ and Y = L⁻¹ V P, the leading rows of Y belong to the leading edits, so
+        x P_t = x P − Σ_{rows j of edits s < t} (x·y_j) y_j for every t at once: returns P and
+        (Y, each row's edit), and keeps P − YᵀY for the next call (Woodbury; float64)."""
         p = self.protected[name]
         if p is None:
-            d = keys.shape[1]
-            p = (base if base is not None else torch.eye(d, device=keys.device)).double()
-        if len(keys):
-            v = keys.double() * (self.protect_keys * keys.shape[1]) ** 0.5 / keys.double().norm().clamp(min=1e-12)
-            pv = p @ v.T                                                           # (d, n)
-            inner = torch.eye(len(v), dtype=p.dtype, device=p.device) + v @ pv
-            self.protected[name] = p - pv @ torch.linalg.solve(inner, pv.T)
-        else:
-            self.protected[name] = p
-        return p.float()
+            p = (base if base is not None else torch.eye(keys.shape[1], device=keys.device)).double()
+        k = int(edit_index.max()) + 1 if len(edit_index) else 0
+        v = keys.double()
+        norms = v.new_zeros(k).index_add(0, edit_index, v.square().sum(-1)).sqrt().clamp(min=1e-12)
+        v = v * ((self.protect_keys * v.shape[1]) ** 0.5 / norms)[edit_index].unsqueeze(-1)
+        vp = v @ p                                                                   # (N, d)
+        chol = torch.linalg.cholesky(torch.eye(len(v), dtype=v.dtype, device=v.device) + vp @ v.T)
+        y = torch.linalg.solve_triangular(chol, vp, upper=False)                    # (N, d)
+        self.protected[name] = p - y.T @ y
+        return p.float(), (y.float(), edit_index)
 
     @torch.no_grad()
     def estimate_preconditioners(self, second_moments: dict[str, torch.Tensor], damping: float) -> None:

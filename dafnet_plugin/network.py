@@ -186,13 +186,17 @@ class DAFNetNetwork(nn.Module):
         return [torch.zeros(0, self.d_in + self.d_out, device=device) for _ in self.layers]
 
     def forward(self, x: torch.Tensor, edit: torch.Tensor, n_edits: int, mode: int, memory: list[torch.Tensor],
-                precondition: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+                precondition: torch.Tensor | None = None,
+                earlier: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Returns the update ΔŴ (d_in, d_out), the decay γ of earlier updates (scalar) and each
         layer's new edit vectors (k, D) for the memory.
 
         x (N, D) float32 gradient signals of k edits, rows grouped by edit; edit (N,) their edit
         index; memory: one (M, D) tensor per layer; precondition: a symmetric (d_in, d_in) matrix P,
-        giving P ΔŴ (applied to the N rows, cheaper than to ΔŴ while N < d_out).
+        giving P ΔŴ (applied to the N rows, cheaper than to ΔŴ while N < d_out); earlier: (Y, key_edit),
+        Y (N_k, d_in) rows that edit t's rows lose where key_edit < t: x P − Σ_j (x·y_j) y_j, a
+        preconditioner of its own for each edit (see DAFNetEditor._protect).
         """
         x = self.norm(x)
         alphas, vectors, reads = [], [], []
@@ -218,5 +222,10 @@ class DAFNetNetwork(nn.Module):
         x_in, x_out = x.split([self.d_in, self.d_out], -1)
         x_out = x_out * (weight / lengths)[edit].unsqueeze(-1)
         if precondition is not None:
-            x_in = x_in @ precondition
+            projected = x_in @ precondition
+            if earlier is not None:
+                y, key_edit = earlier
+                before = (key_edit.unsqueeze(0) < edit.unsqueeze(1)).to(x_in.dtype)     # (N, N_k)
+                projected = projected - ((x_in @ y.T) * before) @ y
+            x_in = projected
         return x_in.T @ x_out, gamma, new_vectors
