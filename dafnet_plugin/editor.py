@@ -69,7 +69,7 @@ class DAFNetEditor(nn.Module):
 
     def __init__(self, model: nn.Module, module_names: Sequence[str], cfg: NetworkConfig,
                  init_edit_lr: float = 1e-4, memory_limit: int = 0, precondition: bool = False,
-                 protect_keys: float = 0.0) -> None:
+                 protect_keys: float = 0.0, edit_scale: float = 1.0) -> None:
         super().__init__()
         self.__dict__["model"] = model
         named = dict(model.named_modules())
@@ -100,6 +100,7 @@ class DAFNetEditor(nn.Module):
         # null space keep earlier keys: a later update then writes little where an earlier edit
         # (and what shares its keys) reads. 0 leaves the preconditioner fixed.
         self.protect_keys = protect_keys
+        self.edit_scale = edit_scale  # a plain factor on every update (1 in training)
         self.protected: dict[str, torch.Tensor | None] = {}
         device = next(model.parameters()).device
         self.to(device)
@@ -218,7 +219,7 @@ class DAFNetEditor(nn.Module):
                 precondition, earlier = self._protect(name, precondition, x[:, :self.networks[key].d_in], edit_index)
             update, gamma, vectors = self.networks[key](x, edit_index, k, mode, self.memory[name], precondition,
                                                         earlier)
-            step = self.edit_lrs[index] * update
+            step = self.edit_scale * self.edit_lrs[index] * update
             past = self.deltas[name]
             if past is not None:
                 step = gamma * (past.detach() if detach_past else past) + step
@@ -294,7 +295,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
     ``seed`` makes the networks' initialisation repeatable without touching the global RNG.
     """
     key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
-           hparams.memory_limit, hparams.precondition, hparams.protect_keys, hparams.archive)
+           hparams.memory_limit, hparams.precondition, hparams.protect_keys, hparams.edit_scale, hparams.archive)
     editor = attached(model)
     if editor is not None and editor.hparams_key == key:
         return editor
@@ -304,7 +305,8 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
         if seed is not None:
             torch.manual_seed(seed)
         editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
-                              hparams.memory_limit, hparams.precondition, hparams.protect_keys).eval()
+                              hparams.memory_limit, hparams.precondition, hparams.protect_keys,
+                              hparams.edit_scale).eval()
     if hparams.archive:
         editor.load_archive(hparams.archive)
     editor.hparams_key = key

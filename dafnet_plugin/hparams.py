@@ -55,6 +55,7 @@ class _DAFNetMethod:
     fusion: str = "additive"           # "convex": the authors' rule (edit t of T acts at ~1/t)
     precondition: bool = False         # True: updates act through the inverse second moment of inputs
     protect_keys: float = 0.0          # > 0: each edit's keys join the preconditioner of later edits
+    edit_scale: float = 1.0            # every update times this, at editing time (as MEND's lr_scale)
     archive: Optional[str] = None      # trained DAFNet weights; None edits with an untrained network
     max_length: int = 40
     model_parallel: bool = False

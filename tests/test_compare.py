@@ -97,6 +97,27 @@ def test_hparams_overrides_reach_the_host_hparams_and_unknown_fields_are_named(t
         build("DAFNet", ctx, {"no_such_field": 1})
 
 
+def test_a_dafnet_archive_given_edits_as_it_is_and_nothing_is_trained(tiny_config, tmp_path):
+    import torch
+    from benchmarks.methods import build
+    from dafnet_plugin import attach
+
+    ctx = compare.context_of(tiny_config)
+    trained = build("DAFNet", ctx).hparams.archive  # trains once (tiny budget), into the cache
+    own = tmp_path / "elsewhere.pt"
+    state = torch.load(trained, weights_only=True)
+    state["model"]["edit_lrs"] = state["model"]["edit_lrs"] * 3  # tell the two apart
+    torch.save(state, own)
+    cached = set(ctx.cache_root.rglob("*.pt"))
+    editor = build("DAFNet", ctx, {"archive": str(own), "protect_keys": 0.01})
+    assert editor.hparams.archive == str(own) and editor.hparams.protect_keys == 0.01
+    assert set(ctx.cache_root.rglob("*.pt")) == cached  # nothing trained
+    dafnet = attach(editor.model, editor.hparams)
+    torch.testing.assert_close(dafnet.edit_lrs.detach(), state["model"]["edit_lrs"])
+    with pytest.raises(FileNotFoundError, match="hparams.DAFNet.archive"):
+        build("DAFNet", ctx, {"archive": str(tmp_path / "missing.pt")})
+
+
 def test_demo_sets_aside_results_made_with_other_settings(tiny_config, tmp_path):
     from benchmarks.demo import set_aside_stale_results
 

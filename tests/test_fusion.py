@@ -174,3 +174,18 @@ def test_protected_keys_k_edits_at_once_equal_one_by_one(tiny_gpt2_dir):
         editor.edit(tokenize_edits(tok, [RECORDS[i]["prompt"]], [RECORDS[i]["target_new"]]))
     for name in GPT2_MODULES:
         torch.testing.assert_close(editor.deltas[name], at_once[name], atol=1e-5, rtol=1e-4)
+
+
+def test_edit_scale_multiplies_every_update(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = GPT2Tokenizer.from_pretrained(tiny_gpt2_dir)
+    batch = tokenize_edits(tok, [r["prompt"] for r in RECORDS[:2]], [r["target_new"] for r in RECORDS[:2]])
+    deltas = {}
+    for scale in (1.0, 0.5):
+        torch.manual_seed(0)
+        editor = DAFNetEditor(model, GPT2_MODULES, TINY, init_edit_lr=0.1, edit_scale=scale).eval()
+        editor.edit(batch)
+        deltas[scale] = dict(editor.deltas)
+        editor.remove()
+    for name in GPT2_MODULES:
+        torch.testing.assert_close(deltas[0.5][name], 0.5 * deltas[1.0][name])

@@ -52,8 +52,14 @@ def build(method: str, ctx: Context, overrides: dict | None = None):
 
     if method not in PREPARE:
         raise KeyError(f"unknown method '{method}'; known: {', '.join(PREPARE)}")
-    hparams = PREPARE[method](ctx)
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    if method == "DAFNet" and overrides.get("archive"):
+        # a trained DAFNet given by its archive edits as it is: nothing is trained
+        from .dafnet import from_archive
+        hparams = from_archive(ctx, overrides.pop("archive"))
+    else:
+        hparams = PREPARE[method](ctx)
+    for key, value in overrides.items():
         if not hasattr(hparams, key):
             raise KeyError(f"hparams.{method}.{key}: {type(hparams).__name__} has no field '{key}'")
         setattr(hparams, key, value)

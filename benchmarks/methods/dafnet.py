@@ -39,6 +39,15 @@ def prepare(ctx: Context) -> DAFNetHyperParams:
     return hparams
 
 
+def from_archive(ctx: Context, archive: str) -> DAFNetHyperParams:
+    """The editing hparams of ``hparams/DAFNet/<hparams_name>.yaml`` with a DAFNet trained elsewhere."""
+    if not Path(archive).is_file():
+        raise FileNotFoundError(f"hparams.DAFNet.archive: no file at {archive}")
+    hparams = DAFNetHyperParams.from_hparams(f"hparams/DAFNet/{ctx.hparams_name}.yaml")
+    hparams.model_name, hparams.archive = ctx.model_path, str(archive)
+    return hparams
+
+
 def write_budget(checkpoint: Path, config: DAFNetTrainingHparams, seconds: float, train_files: list[str]) -> None:
     """``<archive>.budget.json`` in the form MEND's and SERAC's take (benchmarks.methods.trained):
     steps, edits seen (the sequences' lengths summed), optimizer updates, wall seconds (the trunk
