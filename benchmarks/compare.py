@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.dafset import load_records
-from dafnet_plugin.default_model import resolve_model
+from dafnet_plugin.default_model import _cache_root, resolve_model
 
 from .held_apart import held_apart_files
 from .methods import build
@@ -129,7 +129,7 @@ def run(cfg: CompareConfig) -> dict:
 
 
 def cache_root(cfg: CompareConfig) -> Path:
-    return Path(cfg.cache or Path.home() / ".cache/dafnet-easyedit/suite")
+    return Path(cfg.cache or _cache_root(None) / "suite")
 
 
 def context_of(cfg: CompareConfig, model_path: str | None = None, train_files: list[str] | None = None) -> Context:

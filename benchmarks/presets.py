@@ -30,7 +30,7 @@ class CompareConfig:
     dtype: str = "float32"                 # bfloat16 on a GPU where a method allows
     threads: int = 2
     out: Optional[str] = None              # default runs/<preset>
-    cache: Optional[str] = None            # default ~/.cache/dafnet-easyedit/suite
+    cache: Optional[str] = None            # default <cache root>/suite (DAFNET_CACHE, else ~/.cache/dafnet-easyedit)
     steps: Dict[str, int] = field(default_factory=dict)   # training steps per trained method
     # per trained method (MEND, SERAC), training settings for benchmarks.methods.trained, e.g.
     # training.MEND.lr=1e-4 or training.MEND.layers=last6
