@@ -97,3 +97,34 @@ def tiny_rome_config(model_dir, stats_dir) -> dict:
             "attn_module_tmp": "transformer.h.{}.attn", "ln_f_module": "transformer.ln_f",
             "lm_head_module": "transformer.wte", "mom2_dataset": "wikipedia", "mom2_n_samples": 10,
             "mom2_dtype": "float32", "stats_dir": str(stats_dir), "max_length": 40}
+
+
+def final_accuracy(editor, tok, records) -> float:
+    """Edit every record in sequence, one by one, on the editor's device, then score each target's
+    token accuracy (teacher-forced argmax) after the last edit."""
+    from dafnet_plugin import tokenize_edits
+
+    editor.eval()
+    editor.reset()
+    device = editor.edit_lrs.device
+    batches = [tokenize_edits(tok, [r["prompt"]], [r["target_new"]]).to(device) for r in records]
+    scores = []
+    with torch.no_grad():
+        for batch in batches:
+            editor.edit(batch)
+        for batch in batches:
+            predicted = editor.model(input_ids=batch.input_ids).logits[0, :-1].argmax(-1)
+            labels = batch.labels[0, 1:]
+            scores.append((predicted[labels != -100] == labels[labels != -100]).float().mean().item())
+    editor.reset()
+    return sum(scores) / len(scores)
+
+
+def short_training_hparams(model_path: str):
+    """DAFNet training of the tiny facts model: cached trunk, k in 1..20, 20 edits scored a step."""
+    from dafnet_plugin.hparams import DAFNetTrainingHparams
+
+    hp = DAFNetTrainingHparams.from_hparams(str(REPO / "hparams/TRAINING/DAFNet/tiny-gpt2.yaml"))
+    hp.model_name = hp.tokenizer_name = model_path
+    hp.trunk_cache, hp.curriculum, hp.max_sequence, hp.trunk_pool, hp.score_edits = True, "uniform", 20, 400, 20
+    return hp

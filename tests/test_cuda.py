@@ -6,41 +6,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Tokenizer
 
-from dafnet_plugin import tokenize_edits
 from dafnet_plugin.data.builtin import make_edits, to_counterfact
 
-from conftest import REPO
+from conftest import final_accuracy, short_training_hparams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; this machine has none")
 
 
-def final_accuracy(editor, tok, records) -> float:
-    """Edit every record in sequence, one by one, then score each target's token accuracy."""
-    editor.eval()
-    editor.reset()
-    device = editor.edit_lrs.device
-    batches = [tokenize_edits(tok, [r["prompt"]], [r["target_new"]]).to(device) for r in records]
-    scores = []
-    with torch.no_grad():
-        for batch in batches:
-            editor.edit(batch)
-        for batch in batches:
-            predicted = editor.model(input_ids=batch.input_ids).logits[0, :-1].argmax(-1)
-            labels = batch.labels[0, 1:]
-            scores.append((predicted[labels != -100] == labels[labels != -100]).float().mean().item())
-    editor.reset()
-    return sum(scores) / len(scores)
-
-
 def test_bf16_model_fp32_networks_cached_training_on_cuda(tiny_facts_model, tmp_path):
     from dafnet_plugin import attach
-    from dafnet_plugin.hparams import DAFNetTrainingHparams
     from dafnet_plugin.training import DAFNetTrainer, trunk_cache_for
 
     _, path = tiny_facts_model
-    hp = DAFNetTrainingHparams.from_hparams(str(REPO / "hparams/TRAINING/DAFNet/tiny-gpt2.yaml"))
-    hp.model_name = hp.tokenizer_name = path
-    hp.trunk_cache, hp.curriculum, hp.max_sequence, hp.trunk_pool, hp.score_edits = True, "uniform", 20, 400, 20
+    hp = short_training_hparams(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).to("cuda").eval()
     tok = GPT2Tokenizer.from_pretrained(path)
     editor = attach(model, hp, seed=0)

@@ -98,34 +98,14 @@ def test_cached_trunk_losses_equal_the_full_model_path(arch, tiny_gpt2_dir, tiny
         assert all(i < 7 for i in drawn) or all(i >= 7 for i in drawn)
 
 
-def final_accuracy(editor, tok, records) -> float:
-    """Edit every record in sequence, one by one, then score each target's token accuracy."""
-    editor.eval()
-    editor.reset()
-    batches = [tokenize_edits(tok, [r["prompt"]], [r["target_new"]]) for r in records]
-    scores = []
-    with torch.no_grad():
-        for batch in batches:
-            editor.edit(batch)
-        for batch in batches:
-            predicted = editor.model(input_ids=batch.input_ids).logits[0, :-1].argmax(-1)
-            labels = batch.labels[0, 1:]
-            scores.append((predicted[labels != -100] == labels[labels != -100]).float().mean().item())
-    editor.reset()
-    return sum(scores) / len(scores)
-
-
 def test_short_cached_training_makes_a_sequence_of_20_edits_hold(tiny_facts_model, tmp_path):
     from dafnet_plugin import attach
-    from dafnet_plugin.hparams import DAFNetTrainingHparams
     from dafnet_plugin.training import DAFNetTrainer, trunk_cache_for
-    from conftest import REPO
+    from conftest import final_accuracy, short_training_hparams
 
     _, path = tiny_facts_model
-    hp = DAFNetTrainingHparams.from_hparams(str(REPO / "hparams/TRAINING/DAFNet/tiny-gpt2.yaml"))
-    hp.model_name = hp.tokenizer_name = path
-    hp.trunk_cache, hp.curriculum, hp.max_sequence, hp.trunk_pool = True, "uniform", 20, 400
-    hp.cache_dtype, hp.score_edits = "float32", 20
+    hp = short_training_hparams(path)
+    hp.cache_dtype = "float32"
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = GPT2Tokenizer.from_pretrained(path)
     editor = attach(model, hp, seed=0)
