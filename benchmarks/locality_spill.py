@@ -51,6 +51,7 @@ def spill(editor, tok, records: list[dict]) -> dict:
         kind = "own_target" if a == new_first[i] else "other_target" if a in new_first else "elsewhere"
         counts[kind] += 1
         rows.append({"locality_prompt": prompts[i], "before": tok.decode(b), "after": tok.decode(a),
+                     "before_id": b, "after_id": a,
                      "own_target": records[i]["target_new"], "kind": kind})
     return {"n": len(records), "changed": len(rows), **counts, "rows": rows}
 
