@@ -229,7 +229,7 @@ class DAFNetEditor(nn.Module):
 
     @torch.no_grad()
     def _protect(self, name: str, base: torch.Tensor | None, keys: torch.Tensor, edit_index: torch.Tensor
-                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Edit t of module ``name`` is preconditioned by P_t = (P⁻¹ + β Σ_{s<t} K̄_s)⁻¹, P the
         preconditioner after the earlier calls and K̄_s = K_sᵀK_s · d / ‖K_s‖² the keys of edit s
         (its rows of ``keys``, (N, d)), scaled to a mean diagonal of 1 as P₀⁻¹ has.
@@ -241,7 +241,10 @@ class DAFNetEditor(nn.Module):
         p = self.protected[name]
         if p is None:
             p = (base if base is not None else torch.eye(keys.shape[1], device=keys.device)).double()
-        k = int(edit_index.max()) + 1 if len(edit_index) else 0
+        if not len(keys):  # no row carried a signal: nothing to add
+            self.protected[name] = p
+            return p.float(), None
+        k = int(edit_index.max()) + 1
         v = keys.double()
         norms = v.new_zeros(k).index_add(0, edit_index, v.square().sum(-1)).sqrt().clamp(min=1e-12)
         v = v * ((self.protect_keys * v.shape[1]) ** 0.5 / norms)[edit_index].unsqueeze(-1)
