@@ -132,8 +132,8 @@ def run_method(method: str, shape: dict, tok, device: str, reqs: list[dict],
                 return out
             if device == "cuda":  # from here on, the host's editing (with the model in memory)
                 torch.cuda.reset_peak_memory_stats()
-            session = Session(types.SimpleNamespace(model=model, tok=tok, hparams=hp, apply_algo=synced, alg_name=method,
-                                                    model_name=MODEL_NAME))
+            session = Session(types.SimpleNamespace(model=model, tok=tok, hparams=hp, apply_algo=synced,
+                                                    alg_name=method, model_name=MODEL_NAME))
             for i, request in enumerate(reqs):
                 with contextlib.redirect_stdout(io.StringIO()):  # the host prints at every step
                     seconds.append(session.apply(request))

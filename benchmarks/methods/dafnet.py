@@ -34,13 +34,11 @@ def prepare(ctx: Context) -> DAFNetHyperParams:
         EditTrainer(config=config, train_set=sources, val_set=first).run()  # resumes a cut run
         write_budget(checkpoint, config, time.perf_counter() - start, ctx.train_files)
         (work / "done").touch()
-    hparams = DAFNetHyperParams.from_hparams(edit_yaml)
-    hparams.model_name, hparams.archive = ctx.model_path, str(checkpoint)
-    return hparams
+    return from_archive(ctx, str(checkpoint))
 
 
 def from_archive(ctx: Context, archive: str) -> DAFNetHyperParams:
-    """The editing hparams of ``hparams/DAFNet/<hparams_name>.yaml`` with a DAFNet trained elsewhere."""
+    """The editing hparams of ``hparams/DAFNet/<hparams_name>.yaml`` with the DAFNet of ``archive``."""
     if not Path(archive).is_file():
         raise FileNotFoundError(f"hparams.DAFNet.archive: no file at {archive}")
     hparams = DAFNetHyperParams.from_hparams(f"hparams/DAFNet/{ctx.hparams_name}.yaml")
