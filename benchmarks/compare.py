@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.dafset import load_records
-from dafnet_plugin.default_model import _cache_root, resolve_model
+from dafnet_plugin.default_model import cache_root, resolve_model
 
 from .held_apart import held_apart_files
 from .methods import build
@@ -72,7 +72,7 @@ def run(cfg: CompareConfig) -> dict:
     model_path = resolve_model(cfg.model)
     eval_file, train_files = cfg.eval, list(cfg.train)
     if cfg.held_apart:
-        eval_file, train_files = held_apart_files(cfg.eval, train_files, cfg.held_apart, cache_root(cfg) / "splits")
+        eval_file, train_files = held_apart_files(cfg.eval, train_files, cfg.held_apart, suite_cache(cfg) / "splits")
     records = load_records(eval_file)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
@@ -128,15 +128,15 @@ def run(cfg: CompareConfig) -> dict:
     return results
 
 
-def cache_root(cfg: CompareConfig) -> Path:
-    return Path(cfg.cache or _cache_root(None) / "suite")
+def suite_cache(cfg: CompareConfig) -> Path:
+    return Path(cfg.cache or cache_root() / "suite")
 
 
 def context_of(cfg: CompareConfig, model_path: str | None = None, train_files: list[str] | None = None) -> Context:
     """What each method's preparation gets from this setup (``model_path``: cfg.model, resolved;
     ``train_files``: cfg.train, or what replaces it when records are held apart)."""
     return Context(model_path or resolve_model(cfg.model), cfg.hparams_name, list(train_files or cfg.train),
-                   cache_root(cfg), cfg.device, dict(cfg.steps), {m: dict(v) for m, v in cfg.training.items()})
+                   suite_cache(cfg), cfg.device, dict(cfg.steps), {m: dict(v) for m, v in cfg.training.items()})
 
 
 # What a resumed run may change: which methods and lengths to add, and how fast it runs.

@@ -18,7 +18,7 @@ import torch
 
 import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.builtin import make_edits, to_counterfact
-from dafnet_plugin.default_model import _cache_root, default_model_path
+from dafnet_plugin.default_model import cache_root, default_model_path
 
 from . import compare
 from .protocols import Session, request_of
@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="suite settings as key=value, e.g. methods=[DAFNet]")
     args = p.parse_args()
     start = time.time()
-    cache = _cache_root(None)
+    cache = cache_root()
     model_path = default_model_path()
     train, val = write_builtin_data(cache / "data", model_path)
     cfg = compare.load_config(None, None, [

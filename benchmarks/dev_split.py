@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from dafnet_plugin.data.dafset import load_records
-from dafnet_plugin.default_model import _cache_root
+from dafnet_plugin.default_model import cache_root
 from dafnet_plugin.hparams import DAFNetTrainingHparams
 from dafnet_plugin.training import distinct_pool
 
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     preset = PRESETS[args.preset]
     config = DAFNetTrainingHparams.from_hparams(f"hparams/TRAINING/DAFNet/{preset['hparams_name']}.yaml")
     records = dev_records(preset["train"], config.trunk_pool, args.n)
-    out = Path(args.out or _cache_root(None) / "data" / f"cf-dev-{args.n}.json")
+    out = Path(args.out or cache_root() / "data" / f"cf-dev-{args.n}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     write_if_changed(out, records)
     print(out)

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from dafnet_plugin.default_model import cache_root as default_cache_root
+
 from .held_apart import split_held_apart, write_if_changed
 from .methods.trained import n_layers_of, parse_layers
 from .presets import SHARED_DATA
@@ -185,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser.add_argument("--holdout", type=int, help="records held apart for scoring (default 50; --smoke 4)")
     parser.add_argument("--configs", nargs="*", help="settings of the grid to run (default all)")
     parser.add_argument("--out", help="default runs/sweep-mend (--smoke: runs/sweep-mend-smoke)")
-    parser.add_argument("--cache", help="default ~/.cache/dafnet-easyedit/suite, where the suite caches")
+    parser.add_argument("--cache", help="default <cache root>/suite (DAFNET_CACHE or ~/.cache/dafnet-easyedit), where the suite caches")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true",
                         help="the tiny facts model, the built-in edits and two settings of a few steps")
@@ -206,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         model_path = resolve_model(args.model or "smollm2-135m")
         records, grid, holdout = json.loads(Path(args.train).read_text()), GRID, args.holdout or 50
         out = Path(args.out or "runs/sweep-mend")
-    cache_root = Path(args.cache or Path.home() / ".cache/dafnet-easyedit/suite")
+    cache_root = Path(args.cache or default_cache_root() / "suite")
     rows = sweep(model_path, records, _select(grid, args.configs), out, holdout, cache_root)
     print((out / "sweep.md").read_text())
     return rows

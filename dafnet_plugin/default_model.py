@@ -27,14 +27,16 @@ def _log(message: str) -> None:
     print(f"[dafnet] {message}", file=sys.stderr, flush=True)
 
 
-def _cache_root(cache_dir: str | None) -> Path:
+def cache_root(cache_dir: str | None = None) -> Path:
+    """Where the project keeps what it builds once (models, trunk caches, the suite's archives):
+    ``cache_dir``, else $DAFNET_CACHE, else ~/.cache/dafnet-easyedit."""
     root = cache_dir or os.environ.get("DAFNET_CACHE") or "~/.cache/dafnet-easyedit"
     return Path(root).expanduser()
 
 
 def default_model_path(cache_dir: str | None = None) -> str:
     """Return the cached SmolLM2-135M-Instruct folder, building it on first use."""
-    target = _cache_root(cache_dir) / _FOLDER
+    target = cache_root(cache_dir) / _FOLDER
     # The folder only ever appears through an atomic rename, so its presence means complete
     if (target / "config.json").is_file():
         return str(target)

@@ -198,6 +198,8 @@ class DAFNetNetwork(nn.Module):
         Y (N_k, d_in) rows that edit t's rows lose where key_edit < t: x P − Σ_j (x·y_j) y_j, a
         preconditioner of its own for each edit (see DAFNetEditor._protect).
         """
+        if earlier is not None and precondition is None:
+            raise ValueError("earlier keys act through a preconditioner: pass precondition (the identity for none)")
         x = self.norm(x)
         alphas, vectors, reads = [], [], []
         for layer, past in zip(self.layers, memory):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .data.facts import RELATIONS, all_facts
-from .default_model import _cache_root
+from .default_model import cache_root
 
 _FOLDER = Path("models") / "tiny-facts-gpt2"
 SEED = 0
@@ -45,7 +45,7 @@ def tiny_model_path(cache_dir: str | None = None, seconds_budget: float = 600.0)
     training stops after the current epoch with a warning, and the weights then depend on the machine's speed.
     Training takes 75-95 CPU seconds, so the cap is only a safeguard.
     """
-    target = _cache_root(cache_dir) / _FOLDER
+    target = cache_root(cache_dir) / _FOLDER
     # The folder only ever appears through an atomic rename, so its presence means complete
     if (target / "config.json").is_file():
         return str(target)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .default_model import _cache_root
+from .default_model import cache_root
 from .editor import DAFNetEditor, tokenize_edits, per_edit_nll
 from .hparams import DAFNetTrainingHparams
 from .trunk import Trunk, TrunkCache, build_trunk_cache, cache_key, cached_sequence_losses, second_moments
@@ -223,7 +223,7 @@ def trunk_cache_for(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Recor
     editor's preconditioners are estimated from it too."""
     pool = distinct_pool(sources, hp.trunk_pool)
     key = cache_key(hp.model_name, editor.module_names, pool, hp.max_length, hp.cache_dtype)
-    path = Path(cache_dir or _cache_root(None) / "trunk") / f"{key}.pt"
+    path = Path(cache_dir or cache_root() / "trunk") / f"{key}.pt"
     if path.exists():
         cache = TrunkCache.load(path)
     else:

@@ -44,9 +44,9 @@ BLOCKS = [b for doc in DOCS if (REPO / doc).exists() for b in python_blocks(REPO
 
 
 def _builtin_model_cached() -> bool:
-    from dafnet_plugin.default_model import _FOLDER, _cache_root
+    from dafnet_plugin.default_model import _FOLDER, cache_root
 
-    return (_cache_root(None) / _FOLDER / "config.json").is_file()
+    return (cache_root() / _FOLDER / "config.json").is_file()
 
 
 def test_both_documents_have_python_blocks():

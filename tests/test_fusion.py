@@ -61,6 +61,17 @@ def test_additive_earlier_edits_are_kept_when_untrained():
     assert 0.999 < gamma.item() <= 1.0
 
 
+def test_earlier_keys_without_a_preconditioner_are_an_error_not_ignored():
+    net = DAFNetNetwork(6, 10, TINY, n_modes=1).eval()
+    x, edit = torch.randn(4, 16), torch.arange(4) // 2
+    earlier = (torch.randn(2, 6), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="precondition"):
+        net(x, edit, 2, 0, net.empty_memory(), None, earlier)
+    update, _, _ = net(x, edit, 2, 0, net.empty_memory(), torch.eye(6), earlier)
+    plain, _, _ = net(x, edit, 2, 0, net.empty_memory(), torch.eye(6))
+    assert not torch.allclose(update, plain)  # edit 1 loses edit 0's key rows
+
+
 def test_preconditioner_is_the_damped_inverse_second_moment(tiny_gpt2_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
     editor = DAFNetEditor(model, GPT2_MODULES, TINY, precondition=True)
