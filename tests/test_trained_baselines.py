@@ -245,3 +245,38 @@ def test_mend_trains_on_zsre_through_the_hosts_zsre_dataset(tiny_gpt2_dir, tmp_p
     record = to_counterfact(make_edits(split="val"))[0]
     metrics, before, after = edit_through_base_editor(hp, record)
     assert (after - before).abs().max() > 1e-4  # the ZsRE-trained MEND edits the model
+
+
+@pytest.mark.parametrize("form", ["counterfact", "zsre"])
+def test_locality_loss_reads_the_logits_that_predict_the_answer(tiny_gpt2_dir, tmp_path, form):
+    """The host's EditTrainer takes the KL over the last mask-width logits of the locality sentence;
+    with ``locality_at_answer`` those are the logits that predict the answer's tokens (the host's own
+    window, one later, misses the first of them), and its accuracy labels line up with them."""
+    import types
+
+    from dafnet_plugin.data.builtin import to_zsre
+
+    edits = make_edits(split="train")[:4]
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps(to_zsre(edits) if form == "zsre" else to_counterfact(edits)))
+    config = types.SimpleNamespace(tokenizer_name=tiny_gpt2_dir, tokenizer_class="GPT2Tokenizer", max_length=64,
+                                   device="cpu", model_name=tiny_gpt2_dir, model_class="GPT2LMHeadModel")
+    dataset_class = trained._dataset_class(zsre=form == "zsre")
+    windows = {}
+    for fix in (True, False):
+        dataset = dataset_class(str(path), config=config, locality_at_answer=fix)
+        batch = dataset.collate_gpt_fn([dataset[i] for i in range(len(dataset))])["loc"]
+        ids, mask = batch["input_ids"], batch["decoder_attention_mask"]
+        assert batch["labels"].shape == mask.shape
+        start = ids.shape[1] - mask.shape[1]
+        windows[fix] = []
+        for row, row_mask, labels in zip(ids, mask, batch["labels"]):
+            positions = [start + j for j, on in enumerate(row_mask) if on]
+            predicted = [int(row[p + 1]) if p + 1 < len(row) else None for p in positions]  # logit p predicts p+1
+            windows[fix].append(predicted)
+            if fix:
+                assert predicted == labels[row_mask.bool()].tolist()  # the accuracy labels line up too
+        answers = [dataset.tok(" " + d["locality_ground_truth"].lstrip())["input_ids"]
+                   for d in (dataset[i] for i in range(len(dataset)))]
+    assert windows[True] == answers
+    assert windows[False] != answers  # the host's window, which the fix moves

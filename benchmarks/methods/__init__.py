@@ -14,10 +14,16 @@ def _dafnet(ctx: Context):
 
 # MEND and SERAC train on the first of the training files (the task's own train split, as the host
 # trains them); DAFNet on all of them, since its authors' DAFSet is part of their method.
+def _trained_settings(ctx: Context, method: str) -> dict:
+    """The method's training settings; the locality loss read at the answer (trained.py) unless
+    they say otherwise, named so that archives trained with the host's window are not reused."""
+    return {"locality_at_answer": True, **ctx.training.get(method, {})}
+
+
 def _mend(ctx: Context):
     from .trained import n_layers_of, parse_layers, train_mend
 
-    steps, settings = ctx.steps.get("MEND", 200), dict(ctx.training.get("MEND", {}))
+    steps, settings = ctx.steps.get("MEND", 200), _trained_settings(ctx, "MEND")
     if "layers" in settings:  # "last3", "14-16" or "3+9", as benchmarks.sweep_mend names them
         settings["layers"] = parse_layers(settings["layers"], n_layers_of(ctx.model_path))
     return train_mend(ctx.model_path, ctx.train_files[0], ctx.cache_dir("MEND", steps, settings), steps, **settings)
@@ -27,7 +33,7 @@ def _serac(ctx: Context):
     from .trained import minilm_path, train_serac
 
     # the counterfactual model must share the edited model's tokenizer: the edited model itself
-    steps, settings = ctx.steps.get("SERAC", 200), ctx.training.get("SERAC", {})
+    steps, settings = ctx.steps.get("SERAC", 200), _trained_settings(ctx, "SERAC")
     return train_serac(ctx.model_path, ctx.train_files[0], ctx.cache_dir("SERAC", steps, settings), steps,
                        minilm_path(), ctx.model_path, **settings)
 

@@ -19,6 +19,13 @@ around here, where it is met:
   labels from ``target`` without its leading space; with a byte-level BPE these are other tokens
   (" Paris" vs "Par" "is"), so the loss is scored on misaligned tokens. Labels (and the locality
   answers) are re-tokenised with the space, as the host's apply functions and its evaluation do.
+- ``EditTrainer.edit_step`` scores locality as the KL of the last ``w`` logits of the locality
+  sentence, ``w`` the width of the answer's attention mask. A logit predicts the *next* token, so
+  these are the logits after each answer token: the one that predicts the answer's first token (for
+  most CounterFact answers, its only token) is never in the loss, and MEND and SERAC learn to keep
+  what follows the answer instead of the answer. With ``locality_at_answer`` the mask is one
+  column wider and zero on the last position, so the window is the positions that predict the
+  answer's tokens, where the evaluation reads locality (and where DAFNet's own loss is).
 - Archives hold ``model_config`` (a transformers config object) and numpy scalars, which
   ``torch.load`` (weights_only by default since torch 2.6) refuses: the host's final evaluation and
   both apply functions load them with a bare ``torch.load``. Training runs with the config class
@@ -214,7 +221,7 @@ def _dataset_class(zsre: bool = False):
         labels as they stand in the sentence (with their leading space)."""
 
         def __init__(self, path: str, config, size: int | None = None, cycle_to: int | None = None,
-                     space_targets: bool = True) -> None:
+                     space_targets: bool = True, locality_at_answer: bool = True) -> None:
             super().__init__(path, size=size, config=config)
             data = getattr(self, records)
             if not data:
@@ -222,6 +229,7 @@ def _dataset_class(zsre: bool = False):
             if cycle_to is not None:
                 setattr(self, records, [data[i % len(data)] for i in range(cycle_to)])
             self.space_targets = space_targets
+            self.locality_at_answer = locality_at_answer
 
         def _labels(self, texts: list[str]) -> dict:
             return self.tok([" " + t.lstrip() for t in texts], return_tensors="pt", padding=True,
@@ -229,16 +237,24 @@ def _dataset_class(zsre: bool = False):
 
         def collate_gpt_fn(self, batch):
             out = super().collate_gpt_fn(batch)
-            if not self.space_targets:
-                return out
             device = out["edit_inner"]["input_ids"].device
-            trg = self._labels([b["target_new"] for b in batch])
-            labels = self.get_edit_labels(trg["input_ids"]).to(device)
-            out["edit_inner"]["labels"] = labels
-            out["edit_rephrase"]["labels"] = labels
-            ans = self._labels([b["locality_ground_truth"] for b in batch])
-            out["loc"]["labels"] = self.get_edit_labels(ans["input_ids"]).to(device)
-            out["loc"]["decoder_attention_mask"] = ans["attention_mask"].to(device)
+            if self.space_targets:
+                trg = self._labels([b["target_new"] for b in batch])
+                labels = self.get_edit_labels(trg["input_ids"]).to(device)
+                out["edit_inner"]["labels"] = labels
+                out["edit_rephrase"]["labels"] = labels
+                ans = self._labels([b["locality_ground_truth"] for b in batch])
+                out["loc"]["labels"] = self.get_edit_labels(ans["input_ids"]).to(device)
+                out["loc"]["decoder_attention_mask"] = ans["attention_mask"].to(device)
+            if self.locality_at_answer:
+                # the host reads the last mask-width logits (inputs left-padded); one column more, off
+                # at the end, makes them the logits that predict the answer's tokens, not the ones
+                # after them. The labels get the column too: the host's locality accuracy compares
+                # those logits with the labels unshifted.
+                loc = out["loc"]
+                mask, labels = loc["decoder_attention_mask"], loc["labels"]
+                loc["decoder_attention_mask"] = torch.cat([mask, mask.new_zeros(len(mask), 1)], 1)
+                loc["labels"] = torch.cat([labels, labels.new_full((len(labels), 1), -100)], 1)
             return out
 
     return StepsDataset
@@ -300,7 +316,7 @@ def _sliceable_patched_module_lists() -> Iterator[None]:
 
 
 def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, steps: int,
-           archive: Path, work_dir: Path, space_targets: bool) -> dict:
+           archive: Path, work_dir: Path, space_targets: bool, locality_at_answer: bool) -> dict:
     """Run the host's EditTrainer for exactly `steps` steps; move the sanitised archive to
     `archive`; return the timing record (also written beside the archive as ``.train.json``, and
     what the training cost as ``.budget.json``: ``training_budget``)."""
@@ -309,8 +325,9 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
 
     dataset = _dataset_class(zsre=_is_mend_zsre(train_json))
     torch.manual_seed(hp.seed)
-    train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, space_targets=space_targets)
-    val_set = dataset(str(val_json or train_json), config=hp, size=val_size, space_targets=space_targets)
+    fixes = dict(space_targets=space_targets, locality_at_answer=locality_at_answer)
+    train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, **fixes)
+    val_set = dataset(str(val_json or train_json), config=hp, size=val_size, **fixes)
     hp.val_steps = min(hp.val_steps, len(val_set))
 
     start = time.perf_counter()
@@ -447,7 +464,8 @@ def _split_overrides(overrides: dict, fields: set[str]) -> dict:
 
 
 def _train_once(alg: str, training_class, training: dict, llama: bool, overrides: dict, host_path: str,
-                train_json, val_json, val_size: int, steps: int, work_dir: Path, space_targets: bool) -> Path:
+                train_json, val_json, val_size: int, steps: int, work_dir: Path, space_targets: bool,
+                locality_at_answer: bool) -> Path:
     """Finish ``training`` as the host's llama YAMLs and the overrides say, and train unless the
     archive exists; returns the archive. ``training`` is updated in place: the editing hparams
     copy its values."""
@@ -461,14 +479,14 @@ def _train_once(alg: str, training_class, training: dict, llama: bool, overrides
     archive = _archive_path(work_dir, alg, host_path)
     if not archive.exists():
         _train(alg, training_class(**training), str(train_json), val_json and str(val_json), val_size,
-               steps, archive, work_dir, space_targets)
+               steps, archive, work_dir, space_targets, locality_at_answer)
     return archive
 
 
 def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
                steps: int, *, n_layers: int = 3, layers: list[int] | None = None, mlp: str = "all",
                val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
-               space_targets: bool = True, **overrides):
+               space_targets: bool = True, locality_at_answer: bool = True, **overrides):
     """Train MEND on ``train_json`` (EasyEdit CounterFact records) through the host's EditTrainer,
     unless ``work_dir/models/MEND/<name>`` exists; return the host's ``MENDHyperParams`` for it.
     MEND edits the MLPs of ``layers`` (layer indices), by default of the last ``n_layers``: all their
@@ -491,7 +509,7 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
         max_iters=steps + 1,
     )
     archive = _train_once("MEND", MENDTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
-                          val_size, steps, work_dir, space_targets)
+                          val_size, steps, work_dir, space_targets, locality_at_answer)
     # hparams/MEND/gpt2-xl.yaml: the training values, eval_only, the archive, a device index
     editing = _editing_fields(training, MENDHyperParams)
     editing.update(alg_name="MEND", archive=str(archive), device=0, lr_scale=lr_scale, eval_only=True,
@@ -502,7 +520,8 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
 def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
                 steps: int, classifier_path: str | os.PathLike, small_model_path: str | os.PathLike, *,
                 val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
-                space_targets: bool = True, calibrate_scope: bool = True, **overrides):
+                space_targets: bool = True, locality_at_answer: bool = True, calibrate_scope: bool = True,
+                **overrides):
     """Train SERAC (classifier ``classifier_path``, a BERT-family encoder such as ``minilm_path()``;
     counterfactual model ``small_model_path``, which must share the edited model's tokenizer, since
     SERAC decodes the edited model's token ids with its own) on ``train_json`` through the host's
@@ -527,7 +546,7 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
         device="cuda:0", max_iters=steps + 1,
     )
     archive = _train_once("SERAC", SERACTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
-                          val_size, steps, work_dir, space_targets)
+                          val_size, steps, work_dir, space_targets, locality_at_answer)
     # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
