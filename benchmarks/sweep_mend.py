@@ -63,8 +63,14 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,layers=last2": dict(lr=1e-5, layers="last2"),   # fewer edited layers, a smaller edit
     # the host's locality loss missed the logit that predicts the answer: the same settings, trained on it
     "lr=1e-5,loc@answer": dict(lr=1e-5, locality_at_answer=True),
-    "lr=1e-5,loc@answer,cloc=5": dict(lr=1e-5, locality_at_answer=True, cloc=5.0),
     "lr=1e-5,loc@answer,lr_scale=0.5": dict(lr=1e-5, locality_at_answer=True, lr_scale=0.5),
+    # trained on the answer, MEND keeps its neighbours (locality 0.86) but writes less (rewrite 0.54)
+    "lr=1e-5,loc@answer,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True, lr_scale=1.5),
+    "lr=1e-5,loc@answer,lr_scale=2": dict(lr=1e-5, locality_at_answer=True, lr_scale=2.0),
+    "lr=1e-5,loc@answer,cloc=0.5": dict(lr=1e-5, locality_at_answer=True, cloc=0.5),
+    # scaling and cloc move along one frontier, just short of (0.80, 0.80): twice the rate, the same steps
+    "lr=2e-5,loc@answer": dict(lr=2e-5, locality_at_answer=True),
+    "lr=2e-5,loc@answer,lr_scale=1.5": dict(lr=2e-5, locality_at_answer=True, lr_scale=1.5),
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
