@@ -62,6 +62,8 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,cloc=5,steps=1000": dict(lr=1e-5, cloc=5.0, steps=1000),
     "lr=1e-5,layers=last2": dict(lr=1e-5, layers="last2"),   # fewer edited layers, a smaller edit
     # the host's locality loss missed the logit that predicts the answer: the same settings, trained on it
+    # ("locality_at_answer", trained.py); a setting without it keeps the host's window, as every setting
+    # before that fix was trained (and keeps its cache key)
     "lr=1e-5,loc@answer": dict(lr=1e-5, locality_at_answer=True),
     "lr=1e-5,loc@answer,lr_scale=0.5": dict(lr=1e-5, locality_at_answer=True, lr_scale=0.5),
     # trained on the answer, MEND keeps its neighbours (locality 0.86) but writes less (rewrite 0.54)
@@ -93,8 +95,6 @@ SMOKE_GRID: dict[str, dict[str, Any]] = {
     "center": dict(steps=3, layers="0-1"),
     "host": dict(lr=1e-6, edit_lr=1e-4, lr_lr=1e-4, accumulate_bs=2, steps=4, layers="last2"),
 }
-# "locality_at_answer": True reads the locality loss where the answer is predicted (trained.py); a
-# setting without it keeps the host's window, as every setting before that fix was trained
 # issue 11's bar for MEND on counterfact-val.json, shown here as a guide on the held-apart slice
 BAR = dict(rewrite_acc=0.80, locality=0.80)
 

@@ -316,8 +316,9 @@ def _sliceable_patched_module_lists() -> Iterator[None]:
 
 
 def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, steps: int,
-           archive: Path, work_dir: Path, space_targets: bool, locality_at_answer: bool) -> dict:
-    """Run the host's EditTrainer for exactly `steps` steps; move the sanitised archive to
+           archive: Path, work_dir: Path, dataset_fixes: dict) -> dict:
+    """Run the host's EditTrainer for exactly `steps` steps (its datasets built with
+    ``dataset_fixes``: StepsDataset's space_targets and locality_at_answer); move the sanitised archive to
     `archive`; return the timing record (also written beside the archive as ``.train.json``, and
     what the training cost as ``.budget.json``: ``training_budget``)."""
     ee = register()
@@ -325,9 +326,8 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
 
     dataset = _dataset_class(zsre=_is_mend_zsre(train_json))
     torch.manual_seed(hp.seed)
-    fixes = dict(space_targets=space_targets, locality_at_answer=locality_at_answer)
-    train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, **fixes)
-    val_set = dataset(str(val_json or train_json), config=hp, size=val_size, **fixes)
+    train_set = dataset(str(train_json), config=hp, cycle_to=steps * hp.batch_size, **dataset_fixes)
+    val_set = dataset(str(val_json or train_json), config=hp, size=val_size, **dataset_fixes)
     hp.val_steps = min(hp.val_steps, len(val_set))
 
     start = time.perf_counter()
@@ -464,8 +464,7 @@ def _split_overrides(overrides: dict, fields: set[str]) -> dict:
 
 
 def _train_once(alg: str, training_class, training: dict, llama: bool, overrides: dict, host_path: str,
-                train_json, val_json, val_size: int, steps: int, work_dir: Path, space_targets: bool,
-                locality_at_answer: bool) -> Path:
+                train_json, val_json, val_size: int, steps: int, work_dir: Path, dataset_fixes: dict) -> Path:
     """Finish ``training`` as the host's llama YAMLs and the overrides say, and train unless the
     archive exists; returns the archive. ``training`` is updated in place: the editing hparams
     copy its values."""
@@ -479,7 +478,7 @@ def _train_once(alg: str, training_class, training: dict, llama: bool, overrides
     archive = _archive_path(work_dir, alg, host_path)
     if not archive.exists():
         _train(alg, training_class(**training), str(train_json), val_json and str(val_json), val_size,
-               steps, archive, work_dir, space_targets, locality_at_answer)
+               steps, archive, work_dir, dataset_fixes)
     return archive
 
 
@@ -509,7 +508,8 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
         max_iters=steps + 1,
     )
     archive = _train_once("MEND", MENDTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
-                          val_size, steps, work_dir, space_targets, locality_at_answer)
+                          val_size, steps, work_dir,
+                          dict(space_targets=space_targets, locality_at_answer=locality_at_answer))
     # hparams/MEND/gpt2-xl.yaml: the training values, eval_only, the archive, a device index
     editing = _editing_fields(training, MENDHyperParams)
     editing.update(alg_name="MEND", archive=str(archive), device=0, lr_scale=lr_scale, eval_only=True,
@@ -546,7 +546,8 @@ def train_serac(model_path: str | os.PathLike, train_json: str | os.PathLike, wo
         device="cuda:0", max_iters=steps + 1,
     )
     archive = _train_once("SERAC", SERACTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
-                          val_size, steps, work_dir, space_targets, locality_at_answer)
+                          val_size, steps, work_dir,
+                          dict(space_targets=space_targets, locality_at_answer=locality_at_answer))
     # hparams/SERAC/gpt2-xl.yaml: the training values, batch_size 1, the archive, a device index
     editing = _editing_fields(training, SERACHparams)
     editing.update(alg_name="SERAC", archive=str(archive), device=0, batch_size=1, results_dir=str(work_dir))
