@@ -73,6 +73,11 @@ GRID: dict[str, dict[str, Any]] = {
     # scaling and cloc move along one frontier, just short of (0.80, 0.80): twice the rate, the same steps
     "lr=2e-5,loc@answer": dict(lr=2e-5, locality_at_answer=True),
     "lr=2e-5,loc@answer,lr_scale=1.5": dict(lr=2e-5, locality_at_answer=True, lr_scale=1.5),
+    # the host scores MEND's edit loss on the edited prompt; MEND's own trainer on its rephrase
+    # ("edit_loss_on", trained.py), which asks for edits that generalise (rephrase was 0.08-0.28 above)
+    "lr=1e-5,loc@answer,loss@rephrase": dict(lr=1e-5, locality_at_answer=True, edit_loss_on="rephrase"),
+    "lr=1e-5,loc@answer,loss@rephrase,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True,
+                                                           edit_loss_on="rephrase", lr_scale=1.5),
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
@@ -112,11 +117,13 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
     ctx = Context(model_path, "", [str(train_file)], cache_root)
     trained = {k: v for k, v in setting.items() if k not in EDITING_ONLY}
     work_dir = ctx.cache_dir("MEND-sweep", json.dumps(trained, sort_keys=True))
-    host_keys = {k: v for k, v in setting.items() if k not in CENTER and k not in ("mlp", "locality_at_answer")}
+    host_keys = {k: v for k, v in setting.items()
+                 if k not in CENTER and k not in ("mlp", "locality_at_answer", "edit_loss_on")}
     hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers,
                     mlp=setting.get("mlp", DEFAULT_MLP), lr=setting["lr"], edit_lr=setting["edit_lr"],
                     lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"], lr_scale=setting["lr_scale"],
-                    locality_at_answer=setting.get("locality_at_answer", False), **host_keys)
+                    locality_at_answer=setting.get("locality_at_answer", False),
+                    edit_loss_on=setting.get("edit_loss_on", "prompt"), **host_keys)
     editor = BaseEditor.from_hparams(hp)
     bind_fresh_executor(editor)
     with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:

@@ -94,6 +94,47 @@ def test_mend_on_a_llama_family_model_named_like_none(tiny_llama_dir, train_json
     assert (after - before).abs().max() > 1e-3
 
 
+def test_mend_edit_loss_on_the_rephrase_edits_from_the_prompt():
+    """MEND's own trainer: the edit is made from the prompt, its loss read on the rephrase. The host's
+    edit_step reads both from edit_inner; the wrapper hands it the rephrase and the edit the prompt."""
+    class Editable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.edited_from = []
+
+        def edit(self, batch, cond=None):
+            self.edited_from.append(batch["input_ids"].tolist())
+            return self, {}
+
+    class HostTrainer:  # the host's edit_step contract: edit from edit_inner, score edit_inner
+        def __init__(self):
+            self.model, self.scored = Editable(), []
+
+        def edit_step(self, batch, training):
+            self.model.edit(batch["edit_inner"], batch["cond"])
+            self.scored.append(batch["edit_inner"]["input_ids"].tolist())
+            return {"training": training}
+
+    trainer = HostTrainer()
+    trained._score_edit_on_rephrase(trainer)
+    prompt, rephrase = {"input_ids": torch.tensor([[1, 2]])}, {"input_ids": torch.tensor([[3, 4, 5]])}
+    batch = {"edit_inner": prompt, "edit_rephrase": rephrase, "cond": None}
+    assert trainer.edit_step(batch, True) == {"training": True}
+    assert trainer.model.edited_from == [[[1, 2]]] and trainer.scored == [[[3, 4, 5]]]
+    assert batch["edit_inner"] is prompt  # the caller's batch is left as it was
+    assert "edit" not in vars(trainer.model)  # the model's own edit again
+    with pytest.raises(ValueError, match="edit_loss_on"):
+        trained.train_mend("unused", "unused.json", "unused", steps=1, edit_loss_on="outer")
+
+
+def test_mend_trained_on_rephrases_edits(tiny_gpt2_dir, train_json, tmp_path):
+    hp = trained.train_mend(tiny_gpt2_dir, train_json, tmp_path, steps=3, n_layers=2, edit_lr=1e-2,
+                            edit_loss_on="rephrase", **FAST)
+    assert torch.load(hp.archive, weights_only=True)["step"] >= 1
+    _, before, after = edit_through_base_editor(hp, RECORDS[2])
+    assert (after - before).abs().max() > 1e-3
+
+
 @pytest.fixture(scope="module")
 def serac_models(tmp_path_factory, tiny_gpt2_dir):
     """A tiny BERT classifier (word-level vocabulary of the records) and a tiny counterfactual

@@ -26,6 +26,10 @@ around here, where it is met:
   what follows the answer instead of the answer. With ``locality_at_answer`` the mask is one
   column wider and zero on the last position, so the window is the positions that predict the
   answer's tokens, where the evaluation reads locality (and where DAFNet's own loss is).
+- ``EditTrainer.edit_step`` scores MEND's edit loss on the edited prompt itself. MEND's own trainer
+  (Mitchell et al., 2022) makes the edit from the prompt and scores it on an input of its
+  equivalence neighbourhood (the rephrase), so that MEND learns edits that generalise; with
+  ``edit_loss_on="rephrase"`` the suite trains MEND that way (the host's way stays the default).
 - Archives hold ``model_config`` (a transformers config object) and numpy scalars, which
   ``torch.load`` (weights_only by default since torch 2.6) refuses: the host's final evaluation and
   both apply functions load them with a bare ``torch.load``. Training runs with the config class
@@ -315,10 +319,32 @@ def _sliceable_patched_module_lists() -> Iterator[None]:
         torch.nn.ModuleList.__getitem__ = original
 
 
+EDIT_LOSS_ON = ("prompt", "rephrase")
+
+
+def _score_edit_on_rephrase(trainer) -> None:
+    """The trainer's edits are made from the edit prompt and their loss (and edit accuracy) read on
+    its rephrase, as MEND's own trainer does; the host's ``edit_step`` reads both from
+    ``edit_inner``, so it is handed the rephrase there while the model's ``edit`` is given the prompt."""
+    edit_step, model = trainer.edit_step, trainer.model
+
+    def step(batch, training: bool):
+        prompt = batch["edit_inner"]
+        edit = model.edit
+        model.edit = lambda _rephrase, *args, **kwargs: edit(prompt, *args, **kwargs)
+        try:
+            return edit_step({**batch, "edit_inner": batch["edit_rephrase"]}, training)
+        finally:
+            del model.edit  # the class's own method again
+
+    trainer.edit_step = step
+
+
 def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, steps: int,
-           archive: Path, work_dir: Path, dataset_fixes: dict) -> dict:
+           archive: Path, work_dir: Path, dataset_fixes: dict, edit_loss_on: str = "prompt") -> dict:
     """Run the host's EditTrainer for exactly `steps` steps (its datasets built with
-    ``dataset_fixes``: StepsDataset's space_targets and locality_at_answer); move the sanitised archive to
+    ``dataset_fixes``: StepsDataset's space_targets and locality_at_answer; the edit loss read on
+    ``edit_loss_on``, one of EDIT_LOSS_ON); move the sanitised archive to
     `archive`; return the timing record (also written beside the archive as ``.train.json``, and
     what the training cost as ``.budget.json``: ``training_budget``)."""
     ee = register()
@@ -332,6 +358,8 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
 
     start = time.perf_counter()
     trainer = ee.EditTrainer(config=hp, train_set=train_set, val_set=val_set)
+    if edit_loss_on == "rephrase":
+        _score_edit_on_rephrase(trainer)
     setup_s = time.perf_counter() - start
     if alg == "MEND":
         # Only the inner weights' gradients are read (MEND's edit takes their input and output
@@ -464,7 +492,8 @@ def _split_overrides(overrides: dict, fields: set[str]) -> dict:
 
 
 def _train_once(alg: str, training_class, training: dict, llama: bool, overrides: dict, host_path: str,
-                train_json, val_json, val_size: int, steps: int, work_dir: Path, dataset_fixes: dict) -> Path:
+                train_json, val_json, val_size: int, steps: int, work_dir: Path, dataset_fixes: dict,
+                edit_loss_on: str = "prompt") -> Path:
     """Finish ``training`` as the host's llama YAMLs and the overrides say, and train unless the
     archive exists; returns the archive. ``training`` is updated in place: the editing hparams
     copy its values."""
@@ -478,22 +507,26 @@ def _train_once(alg: str, training_class, training: dict, llama: bool, overrides
     archive = _archive_path(work_dir, alg, host_path)
     if not archive.exists():
         _train(alg, training_class(**training), str(train_json), val_json and str(val_json), val_size,
-               steps, archive, work_dir, dataset_fixes)
+               steps, archive, work_dir, dataset_fixes, edit_loss_on)
     return archive
 
 
 def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, work_dir: str | os.PathLike,
                steps: int, *, n_layers: int = 3, layers: list[int] | None = None, mlp: str = "all",
                val_json: str | os.PathLike | None = None, val_size: int = _DEFAULT_VAL_SIZE,
-               space_targets: bool = True, locality_at_answer: bool = True, **overrides):
+               space_targets: bool = True, locality_at_answer: bool = True, edit_loss_on: str = "prompt",
+               **overrides):
     """Train MEND on ``train_json`` (EasyEdit CounterFact records) through the host's EditTrainer,
     unless ``work_dir/models/MEND/<name>`` exists; return the host's ``MENDHyperParams`` for it.
     MEND edits the MLPs of ``layers`` (layer indices), by default of the last ``n_layers``: all their
-    weights, or with ``mlp="down"`` the output projections only.
+    weights, or with ``mlp="down"`` the output projections only. Its edit loss is read on the edited
+    prompt (``edit_loss_on="prompt"``, the host's trainer) or on its rephrase (MEND's own trainer).
 
     ``overrides`` set fields of ``MENDTrainingHparams`` (those the editing hparams share, such as
     ``edit_lr`` or ``inner_params``, carry over; ``lr_scale`` sets the editing one)."""
     register()
+    if edit_loss_on not in EDIT_LOSS_ON:
+        raise ValueError(f"edit_loss_on={edit_loss_on!r}: expected one of {', '.join(EDIT_LOSS_ON)}")
 
     from easyeditor import MENDHyperParams, MENDTrainingHparams
 
@@ -509,7 +542,8 @@ def train_mend(model_path: str | os.PathLike, train_json: str | os.PathLike, wor
     )
     archive = _train_once("MEND", MENDTrainingHparams, training, llama, overrides, host_path, train_json, val_json,
                           val_size, steps, work_dir,
-                          dict(space_targets=space_targets, locality_at_answer=locality_at_answer))
+                          dict(space_targets=space_targets, locality_at_answer=locality_at_answer),
+                          edit_loss_on)
     # hparams/MEND/gpt2-xl.yaml: the training values, eval_only, the archive, a device index
     editing = _editing_fields(training, MENDHyperParams)
     editing.update(alg_name="MEND", archive=str(archive), device=0, lr_scale=lr_scale, eval_only=True,
