@@ -126,3 +126,21 @@ def test_the_suites_rome_and_memit_get_their_fixes(alg, tiny, tmp_path, monkeypa
     build(path, locate_edit.model_layout(model), tmp_path, N_SAMPLES)
     assert getattr(rome_main.compute_v, "casts_to_left", False)
     assert getattr(compute_z.nethook, "layer_outputs_as_tuples", False)
+
+
+def test_statistics_read_a_zsre_training_file(tiny, tmp_path, no_download):
+    """smollm2-zsre trains on MEND's ZsRE form (src, alt, rephrase, loc): the statistics' text is
+    read from it as from CounterFact records (it once failed with KeyError 'prompt')."""
+    import json
+
+    from benchmarks.methods.context import Context
+    from dafnet_plugin.data.builtin import make_edits, to_zsre
+
+    path, model, tok = tiny
+    train = tmp_path / "zsre.json"
+    train.write_text(json.dumps(to_zsre(make_edits(split="train"))[:30]))
+    hparams = locate_edit.prepare("ROME", Context(path, "", [str(train)], tmp_path / "cache"))
+    layer = hparams.rewrite_module_tmp.format(hparams.layers[0])
+    stats = locate_edit.stats_file(model, layer, hparams.stats_dir, hparams.mom2_n_samples, hparams.mom2_dataset,
+                                   hparams.mom2_dtype)
+    assert stats.exists() and hparams.mom2_n_samples == 30

@@ -321,3 +321,24 @@ def test_locality_loss_reads_the_logits_that_predict_the_answer(tiny_gpt2_dir, t
                    for d in (dataset[i] for i in range(len(dataset)))]
     assert windows[True] == answers
     assert windows[False] != answers  # the host's window, which the fix moves
+
+
+def test_locality_window_fits_an_answer_as_long_as_its_sentence(tiny_gpt2_dir, tmp_path):
+    """Some of ZsRE's NQ answers fill max_length on their own: the window one position earlier would be
+    wider than the (cut) sentence, and the host's KL failed on the shapes (smollm2-zsre's MEND)."""
+    import types
+
+    from dafnet_plugin.data.builtin import to_zsre
+
+    records = to_zsre(make_edits(split="train")[:3])
+    records[1]["loc_ans"] = " ".join(["word"] * 40)
+    path = tmp_path / "zsre.json"
+    path.write_text(json.dumps(records))
+    config = types.SimpleNamespace(tokenizer_name=tiny_gpt2_dir, tokenizer_class="GPT2Tokenizer", max_length=16,
+                                   device="cpu", model_name=tiny_gpt2_dir, model_class="GPT2LMHeadModel")
+    dataset = trained._dataset_class(zsre=True)(str(path), config=config, locality_at_answer=True)
+    loc = dataset.collate_gpt_fn([dataset[i] for i in range(len(dataset))])["loc"]
+    assert loc["decoder_attention_mask"].shape == loc["labels"].shape == loc["input_ids"].shape == (3, 16)
+    from easyeditor.trainer.losses import kl_loc_loss
+    logits = torch.randn(3, 16, 5)
+    assert torch.isfinite(kl_loc_loss(logits, logits + 0.1, mask=loc["decoder_attention_mask"]))

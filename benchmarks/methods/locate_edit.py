@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from dafnet_plugin.data.dafset import load_records
 from dafnet_plugin.host import fix_rome_and_memit, import_easyeditor
 
 # Names the statistics after their corpus. The host looks this name up in a dict of Hugging Face
@@ -168,15 +169,14 @@ def memit_hparams(model_path: str, layout: dict[str, Any], stats_dir: str | Path
 def prepare(alg: str, ctx) -> Any:
     """The suite's ROME or MEMIT for ``ctx``: second moments of the rewrite modules' inputs from the
     training records' text (cached by content), then the host's hparams."""
-    import json
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(ctx.model_path)
     tok = AutoTokenizer.from_pretrained(ctx.model_path)
     tok.pad_token = tok.pad_token or tok.eos_token
     layout = model_layout(model)
-    records = [r for path in ctx.train_files for r in json.loads(Path(path).read_text())][:DEFAULT_N_SAMPLES]
+    # CounterFact, DAFSet or MEND's ZsRE form, each read into EasyEdit's records
+    records = [r for path in ctx.train_files for r in load_records(path)][:DEFAULT_N_SAMPLES]
     texts = [f"{r['prompt']} {r.get('ground_truth') or r['target_new']}. {r['rephrase_prompt']}" for r in records]
     stats_dir = ctx.cache_dir("stats", DEFAULT_N_SAMPLES)
     layers = rewrite_layers(layout)[alg]

@@ -257,8 +257,13 @@ def _dataset_class(zsre: bool = False):
                 # those logits with the labels unshifted.
                 loc = out["loc"]
                 mask, labels = loc["decoder_attention_mask"], loc["labels"]
-                loc["decoder_attention_mask"] = torch.cat([mask, mask.new_zeros(len(mask), 1)], 1)
-                loc["labels"] = torch.cat([labels, labels.new_full((len(labels), 1), -100)], 1)
+                # An answer as long as its sentence (both cut at max_length: some of ZsRE's NQ answers)
+                # would make the window wider than the logits; the host's window cannot be wider either.
+                width = loc["input_ids"].shape[1]
+                mask = torch.cat([mask, mask.new_zeros(len(mask), 1)], 1)
+                labels = torch.cat([labels, labels.new_full((len(labels), 1), -100)], 1)
+                loc["decoder_attention_mask"] = mask[:, -width:].contiguous()  # the host .view()s it
+                loc["labels"] = labels[:, -width:].contiguous()
             return out
 
     return StepsDataset
