@@ -21,7 +21,13 @@ from dafnet_plugin.data.builtin import make_edits, to_counterfact
 from dafnet_plugin.default_model import cache_root, default_model_path
 
 from . import compare
+from .presets import CPU_EDITING, CPU_TRAINING
 from .protocols import Session, request_of
+
+# MEND trains and edits as the CPU presets have it (benchmarks/presets.py), not at the host's gpt2-xl
+# rates, under which its 80 steps make 8 optimizer updates at 1e-6 and it edits nothing
+MEND_SETTINGS = [f"training.MEND.{k}={v!r}" for k, v in CPU_TRAINING["MEND"].items()] + \
+                [f"hparams.MEND.{k}={v!r}" for k, v in CPU_EDITING["MEND"].items()]
 
 
 def write_builtin_data(folder: Path, model_path: str) -> tuple[Path, Path]:
@@ -102,7 +108,7 @@ def main() -> None:
         "preset=demo", f"model={model_path}", "hparams_name=smollm2-135m", "dataset=built-in facts",
         f"train=[{train}]", f"eval={val}", "methods=[DAFNet,MEND]", "T=[10,100]", "n_single=20",
         "threads=2", f"cache={cache / 'suite'}", "out=runs/demo", "steps.DAFNet=300", "steps.MEND=80",
-        *args.overrides])
+        *MEND_SETTINGS, *args.overrides])
     set_aside_stale_results(cfg)
     results = compare.run(cfg)
     print((Path(cfg.out) / "results.md").read_text())
