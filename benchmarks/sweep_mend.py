@@ -78,8 +78,8 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,loc@answer,loss@rephrase": dict(lr=1e-5, locality_at_answer=True, edit_loss_on="rephrase"),
     "lr=1e-5,loc@answer,loss@rephrase,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True,
                                                            edit_loss_on="rephrase", lr_scale=1.5),
-    # scored on the rephrase, MEND learns to write on CounterFact's rephrase form (a sentence of other text,
-    # then the paraphrase: rephrase 0.74) and not on the prompt (rewrite 0.20). The prompt's loss, longer:
+    # scored on the rephrase, MEND learns to write after CounterFact's looser rephrases (rephrase 0.74) and
+    # not after the prompt (rewrite 0.20). The prompt's loss, trained longer:
     "lr=1e-5,loc@answer,steps=1000": dict(lr=1e-5, locality_at_answer=True, steps=1000),
     "lr=1e-5,loc@answer,steps=1000,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True, steps=1000, lr_scale=1.5),
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
