@@ -49,7 +49,12 @@ def test_held_apart_needs_subjects(tmp_path):
 def test_zsre_preset_holds_its_evaluation_apart():
     zsre = PRESETS["smollm2-zsre"]
     assert zsre["eval"] in zsre["train"] and zsre["held_apart"] > max(zsre["T"])
-    assert zsre["steps"] == PRESETS["smollm2-cf"]["steps"]  # the same budgets as CounterFact's
+    # the same budgets as CounterFact's; MEND's ZsRE rows keep the setting they were measured with (presets.py)
+    cf = PRESETS["smollm2-cf"]
+    def but_mend(steps):
+        return {m: n for m, n in steps.items() if m != "MEND"}
+    assert but_mend(zsre["steps"]) == but_mend(cf["steps"])
+    assert zsre["training"] == cf["training"]
 
 
 def test_dev_split_lies_outside_dafnets_training_pool(tmp_path):
