@@ -124,13 +124,13 @@ def run_setting(name: str, setting: dict[str, Any], model_path: str, train_file:
     ctx = Context(model_path, "", [str(train_file)], cache_root)
     trained = {k: v for k, v in setting.items() if k not in EDITING_ONLY}
     work_dir = ctx.cache_dir("MEND-sweep", json.dumps(trained, sort_keys=True))
-    host_keys = {k: v for k, v in setting.items()
-                 if k not in CENTER and k not in ("mlp", "locality_at_answer", "edit_loss_on")}
+    # keys outside CENTER reach train_mend as they are (edit_loss_on, cloc, ...); mlp and the locality
+    # window are passed with the sweep's defaults (the window off, unlike train_mend's, for old settings)
+    host_keys = {k: v for k, v in setting.items() if k not in CENTER and k not in ("mlp", "locality_at_answer")}
     hp = train_mend(model_path, train_file, work_dir, setting["steps"], layers=layers,
                     mlp=setting.get("mlp", DEFAULT_MLP), lr=setting["lr"], edit_lr=setting["edit_lr"],
                     lr_lr=setting["lr_lr"], accumulate_bs=setting["accumulate_bs"], lr_scale=setting["lr_scale"],
-                    locality_at_answer=setting.get("locality_at_answer", False),
-                    edit_loss_on=setting.get("edit_loss_on", "prompt"), **host_keys)
+                    locality_at_answer=setting.get("locality_at_answer", False), **host_keys)
     editor = BaseEditor.from_hparams(hp)
     bind_fresh_executor(editor)
     with tqdm(total=len(held), desc=f"{name}: single-turn edits") as bar:
