@@ -33,7 +33,7 @@ def test_held_apart_files_replace_the_training_file_and_keep_its_form(tmp_path):
     assert held == raw[-5:] and "src" in train[0]  # MEND's form, as the host's ZsreDataset reads it
     assert not {r["subject"] for r in held} & {r["subject"] for r in train}
     assert len(load_records(eval_file)) == 5
-    # a second run finds the same files, untouched (the suite's caches are keyed by size and mtime)
+    # a second run finds the same files, untouched
     stamp = Path(train_files[0]).stat().st_mtime_ns
     again = held_apart_files(str(source), [str(source)], 5, tmp_path / "splits")
     assert again == (eval_file, train_files[:1]) and Path(train_files[0]).stat().st_mtime_ns == stamp

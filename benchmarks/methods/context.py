@@ -8,6 +8,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class Context:
     model_path: str                  # a local folder (resolved) or a hub name
@@ -19,9 +27,10 @@ class Context:
     training: dict[str, dict] = field(default_factory=dict)  # per trained method, its training settings
 
     def fingerprint(self, *parts) -> str:
-        """A hash of the model, the training files (name, size, mtime) and ``parts``: a second run
-        with the same inputs finds the same folder."""
-        files = [(Path(p).name, os.path.getsize(p), int(os.path.getmtime(p))) for p in self.train_files]
+        """A hash of the model, the training files (name and content) and ``parts``: a second run
+        with the same inputs finds the same folder. Content, not modification time: a data folder
+        copied or checked out again (same records, new times) must not send hours of training to waste."""
+        files = [(Path(p).name, file_digest(p)) for p in self.train_files]
         blob = json.dumps([self.model_path, files, [str(p) for p in parts]], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
