@@ -85,6 +85,13 @@ GRID: dict[str, dict[str, Any]] = {
     # 1000 steps land on the 400-step frontier (0.73 / 0.81 at 1.5): the same archive, scaled further
     "lr=1e-5,loc@answer,steps=1000,lr_scale=1.75": dict(lr=1e-5, locality_at_answer=True, steps=1000, lr_scale=1.75),
     "lr=1e-5,loc@answer,steps=1000,lr_scale=2": dict(lr=1e-5, locality_at_answer=True, steps=1000, lr_scale=2.0),
+    # at the last layers MEND's gradient sits at the answer-predicting positions, whose keys the neighbours
+    # (same relation, other subject) share; at mid depth, where ROME and MEMIT write (4-8 of SmolLM2's 30),
+    # it also reaches the subject's tokens through attention
+    "lr=1e-5,loc@answer,layers=4-6": dict(lr=1e-5, locality_at_answer=True, layers="4-6"),
+    "lr=1e-5,loc@answer,layers=4-6,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True, layers="4-6",
+                                                        lr_scale=1.5),
+    "lr=1e-5,loc@answer,layers=4-6,lr_scale=2": dict(lr=1e-5, locality_at_answer=True, layers="4-6", lr_scale=2.0),
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),
