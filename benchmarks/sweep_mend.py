@@ -92,6 +92,11 @@ GRID: dict[str, dict[str, Any]] = {
     "lr=1e-5,loc@answer,layers=4-6,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True, layers="4-6",
                                                         lr_scale=1.5),
     "lr=1e-5,loc@answer,layers=4-6,lr_scale=2": dict(lr=1e-5, locality_at_answer=True, layers="4-6", lr_scale=2.0),
+    # the host weighs the edit loss 0.1 against locality's 1.0, and the edit is then scaled up at editing
+    # time (x1.5-1.75 above), past the magnitude the locality loss was trained at: weigh both alike instead
+    "lr=1e-5,loc@answer,cedit=1": dict(lr=1e-5, locality_at_answer=True, cedit=1.0),
+    "lr=1e-5,loc@answer,cedit=1,lr_scale=0.75": dict(lr=1e-5, locality_at_answer=True, cedit=1.0, lr_scale=0.75),
+    "lr=1e-5,loc@answer,cedit=1,lr_scale=1.5": dict(lr=1e-5, locality_at_answer=True, cedit=1.0, lr_scale=1.5),
     # the output projections only (mlp=down), as ROME, MEMIT and DAFNet edit: on SwiGLU an edit of gate
     # and up multiplies their effects, one way spill may grow; fewer weights also means a weaker edit
     "lr=1e-5,mlp=down": dict(lr=1e-5, mlp="down"),

@@ -184,8 +184,11 @@ class DAFNetTrainer:
         with tqdm(total=max_iters, initial=self.step, desc="DAFNet training") as bar, \
                 self.log_path.open("a") as log:
             while self.step < max_iters:
+                step_start = time.time()
                 info = self.train_step()
-                info["seconds"] = round(time.time() - start, 2)
+                now = time.time()
+                # a resumed run logs its own clock: run_started tells the runs apart when budgets are summed
+                info.update(seconds=round(now - start, 2), step_s=round(now - step_start, 2), run_started=round(start, 2))
                 history.append(info)
                 log.write(json.dumps(info) + "\n")
                 bar.update(1)

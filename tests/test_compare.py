@@ -181,3 +181,24 @@ def test_training_settings_reach_mend_and_key_its_cache(tiny_config):
     assert editor.hparams.edit_lr == 1e-2 and editor.hparams.lr == 1e-3
     assert editor.hparams.inner_params[0].startswith("transformer.h.0.")  # last2 of the tiny 2-layer model
     assert compare.training_budget(editor.hparams)["optimizer_updates"] == 3
+
+
+def test_a_resumed_dafnet_training_counts_the_steps_its_archive_kept():
+    import json
+
+    from benchmarks.methods.dafnet import kept_steps
+
+    def entry(step, seconds, k=10, **more):
+        return json.dumps({"step": step, "k": k, "seconds": seconds, **more})
+
+    # run 1 made steps 1-4 (a checkpoint after step 2) and was cut; run 2 resumed from step 2
+    first = [entry(1, 5.0), entry(2, 11.0), entry(3, 18.0), entry(4, 26.0)]
+    second = [entry(3, 7.0, k=20, step_s=7.0, run_started=100.0),
+              entry(4, 15.0, k=30, step_s=8.0, run_started=100.0)]
+    kept, earlier = kept_steps(first + second)
+    assert sorted(kept) == [1, 2, 3, 4] and [kept[s]["k"] for s in (3, 4)] == [20, 30]
+    assert earlier == 11.0  # run 1's steps 1 and 2; its steps 3 and 4 were lost with it
+    assert [kept[s]["step_s"] for s in (1, 2, 3, 4)] == [5.0, 6.0, 7.0, 8.0]
+    # a run cut right at its checkpoint: the next run's first step follows on, its clock starts again
+    kept, earlier = kept_steps([entry(1, 5.0), entry(2, 11.0), entry(3, 4.0), entry(4, 9.0)])
+    assert earlier == 11.0 and kept[3]["step_s"] == 4.0 and kept[4]["step_s"] == 5.0

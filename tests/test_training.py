@@ -93,6 +93,11 @@ def test_resume_continues_exactly_where_it_stopped(tiny_gpt2_dir, tmp_path):
     assert torch.equal(resumed.opt.state_dict()["state"][0]["exp_avg"], first.opt.state_dict()["state"][0]["exp_avg"])
     resumed.run()
     assert resumed.step == 8
+    # the budget of a resumed training adds what the first run spent on the steps it checkpointed
+    from benchmarks.methods.dafnet import kept_steps
+    kept, earlier = kept_steps(resumed.log_path.read_text().splitlines())
+    assert sorted(kept) == list(range(1, 9)) and {kept[s]["run"] for s in range(5, 9)} == {1}
+    assert earlier == pytest.approx(sum(kept[s]["step_s"] for s in range(1, 5))) and earlier > 0
     for (name, a), b in zip(straight.editor.state_dict().items(), resumed.editor.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
 

@@ -46,22 +46,40 @@ def from_archive(ctx: Context, archive: str) -> DAFNetHyperParams:
     return hparams
 
 
+def kept_steps(log_lines: list[str]) -> tuple[dict[int, dict], float]:
+    """The training log's entries of the steps the archive holds, and how long the earlier runs of a resumed
+    training spent on them. Each run logs seconds since its own start; a resumed run steps again from its
+    last checkpoint, so a step logged twice counts once, as its last run made it (the steps an earlier
+    run made past that checkpoint were lost with it and are not the archive's)."""
+    kept: dict[int, dict] = {}
+    run, previous = 0, None
+    for line in log_lines:
+        entry = json.loads(line)
+        if previous is not None and (entry.get("run_started") != previous.get("run_started") or
+                                     entry["step"] <= previous["step"] or entry["seconds"] < previous["seconds"]):
+            run += 1  # another run (logs written before run_started: it starts again from a checkpoint)
+        same_run = previous is not None and run == previous["run"]
+        elapsed = entry.get("step_s", entry["seconds"] - (previous["seconds"] if same_run else 0))
+        kept[entry["step"]] = previous = {**entry, "run": run, "step_s": elapsed}
+    earlier = sum(e["step_s"] for e in kept.values() if e["run"] < run)
+    return kept, earlier
+
+
 def write_budget(checkpoint: Path, config: DAFNetTrainingHparams, seconds: float, train_files: list[str]) -> None:
     """``<archive>.budget.json`` in the form MEND's and SERAC's take (benchmarks.methods.trained):
     steps, edits seen (the sequences' lengths summed), optimizer updates, wall seconds (the trunk
-    cache included; a resumed run counts only its own part)."""
-    steps = {}
-    log = checkpoint.with_suffix(".log.jsonl")
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
-        steps[entry["step"]] = entry["k"]  # a resumed run may log a step twice: the last one counts
+    cache included; for a resumed training, this run's wall time plus what the earlier runs spent on the
+    steps the archive kept: an earlier run's trunk cache build is not in it)."""
+    kept, earlier = kept_steps(checkpoint.with_suffix(".log.jsonl").read_text().splitlines())
     # distinct (prompt, target) edits of the training files; the cached trunk trains on trunk_pool of them
     distinct = len({(r["prompt"], r["target_new"]) for f in train_files for r in load_records(f)})
-    budget = {"method": "DAFNet", "training_steps": len(steps), "batch_size": None,
-              "edits_seen": sum(steps.values()),
+    budget = {"method": "DAFNet", "training_steps": len(kept), "batch_size": None,
+              "edits_seen": sum(e["k"] for e in kept.values()),
               "distinct_edits": min(distinct, config.trunk_pool) if config.trunk_cache else distinct,
-              "accumulate_bs": 1, "optimizer_updates": len(steps), "lr": config.lr, "archive_step": len(steps),
-              "wall_s": round(seconds, 1), "threads": torch.get_num_threads(),
+              "accumulate_bs": 1, "optimizer_updates": len(kept), "lr": config.lr, "archive_step": len(kept),
+              "wall_s": round(seconds + earlier, 1), "train_steps_s": round(sum(e["step_s"] for e in kept.values()), 1),
+              "resumed_runs": max((e["run"] for e in kept.values()), default=0),
+              "threads": torch.get_num_threads(),
               "train_file": [Path(f).name for f in train_files],
               "sequence_length": f"1..{config.max_sequence} ({config.curriculum})",
               "trunk_cache": config.trunk_cache}
