@@ -188,7 +188,8 @@ class DAFNetTrainer:
                 info = self.train_step()
                 now = time.time()
                 # a resumed run logs its own clock: run_started tells the runs apart when budgets are summed
-                info.update(seconds=round(now - start, 2), step_s=round(now - step_start, 2), run_started=round(start, 2))
+                info.update(seconds=round(now - start, 2), step_s=round(now - step_start, 2),
+                            run_started=round(start, 2))
                 history.append(info)
                 log.write(json.dumps(info) + "\n")
                 bar.update(1)
