@@ -86,10 +86,10 @@ def test_mend_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_di
 
 def target_log_prob(editor_hparams, record) -> float:
     """log P(first token of the new target | edit prompt) after one MEND edit through the host's BaseEditor."""
-    from easyeditor import BaseEditor
+    from transformers import AutoTokenizer
 
     _, _, after = edit_through_base_editor(editor_hparams, record)
-    tok = BaseEditor.from_hparams(editor_hparams).tok
+    tok = AutoTokenizer.from_pretrained(editor_hparams.tokenizer_name)
     target = tok(" " + record["target_new"].strip())["input_ids"][0]
     return after.log_softmax(-1)[target].item()
 
