@@ -8,14 +8,23 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hparams import DAFNetHyperParams
 from .network import DAFNetNetwork, NetworkConfig
+
+if TYPE_CHECKING:  # hparams reads ROWS from here
+    from .hparams import DAFNetHyperParams
+
+
+# Which token rows of an edit feed the network and carry its update: every token of prompt and
+# target (the authors'), the subject's tokens, the subject's last token (where MEMIT writes) or the
+# prompt's last token (the one that predicts the target).
+ROWS = ("all", "subject", "subject_last", "last")
+SUBJECT_ROWS = ("subject", "subject_last")
 
 
 @dataclass
@@ -24,26 +33,74 @@ class EditBatch:
     input_ids: torch.Tensor       # (k, T)
     attention_mask: torch.Tensor  # (k, T)
     labels: torch.Tensor          # (k, T)
+    subject_mask: torch.Tensor | None = None  # (k, T) bool, the subject's tokens; None when unknown
 
     def to(self, device: torch.device | str) -> "EditBatch":
-        return EditBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+        subject = None if self.subject_mask is None else self.subject_mask.to(device)
+        return EditBatch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device), subject)
 
 
-def tokenize_edits(tok, prompts: Sequence[str], targets: Sequence[str], max_length: int = 128) -> EditBatch:
-    """Tokenise ``prompt + " " + target`` (EasyEdit's convention), right-padded, loss on the target."""
-    rows, labels = [], []
-    for prompt, target in zip(prompts, targets):
+def subject_tokens(tok, prompt: str, subject: str) -> tuple[int, int]:
+    """The token span [start, end) of ``subject``'s first occurrence in ``prompt``, counted as ROME
+    counts it: by tokenising the prompt up to the subject's start and end."""
+    at = prompt.find(subject)
+    if at < 0 or not subject.strip():
+        raise ValueError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
+    # a byte-level BPE reads the space before a word as part of the word's first token
+    prefix = prompt[:at - 1] if prompt[:at].endswith(" ") else prompt[:at]
+    start = len(tok(prefix)["input_ids"])
+    end = len(tok(prompt[:at + len(subject)])["input_ids"])
+    return start, max(end, start + 1)
+
+
+def tokenize_edits(tok, prompts: Sequence[str], targets: Sequence[str], max_length: int = 128,
+                   subjects: Sequence[str] | None = None) -> EditBatch:
+    """Tokenise ``prompt + " " + target`` (EasyEdit's convention), right-padded, loss on the target.
+    With ``subjects``, the batch also marks each subject's tokens in its prompt."""
+    rows, labels, spans = [], [], []
+    for i, (prompt, target) in enumerate(zip(prompts, targets)):
         full = tok(f"{prompt} {target}", truncation=True, max_length=max_length)["input_ids"]
         n_prompt = min(len(tok(prompt)["input_ids"]), len(full) - 1)
         rows.append(full)
         labels.append([-100] * n_prompt + full[n_prompt:])
+        if subjects is not None:
+            start, end = subject_tokens(tok, prompt, subjects[i])
+            if end > n_prompt:
+                raise ValueError(f"subject {subjects[i]!r} of the prompt {prompt!r} ends past the "
+                                 f"{n_prompt} prompt tokens kept by max_length {max_length}")
+            spans.append((start, end))
     width = max(map(len, rows))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    subject_mask = None
+    if subjects is not None:
+        position = torch.arange(width)
+        subject_mask = torch.stack([(position >= a) & (position < b) for a, b in spans])
     return EditBatch(
         torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
         torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
         torch.tensor([l + [-100] * (width - len(l)) for l in labels]),
+        subject_mask,
     )
+
+
+def token_rows(batch: EditBatch, rows: str) -> torch.Tensor:
+    """(k, T) bool: the token rows of each edit that ``rows`` (one of ROWS) selects."""
+    present = batch.attention_mask.bool()
+    if rows == "all":
+        return present
+    position = torch.arange(present.shape[1], device=present.device).expand_as(present)
+    if rows == "last":  # the position just before the first target token predicts it
+        first_target = torch.where(batch.labels != -100, position, present.shape[1]).min(1).values
+        return position == (first_target - 1).clamp(min=0).unsqueeze(1)
+    if rows not in SUBJECT_ROWS:
+        raise ValueError(f"rows must be one of {', '.join(ROWS)}, not {rows!r}")
+    if batch.subject_mask is None:
+        raise ValueError(f"rows: {rows} needs each edit's subject (tokenize_edits(..., subjects=...))")
+    subject = batch.subject_mask & present
+    if rows == "subject":
+        return subject
+    last = torch.where(subject, position, -1).max(1).values
+    return subject & (position == last.unsqueeze(1))
 
 
 def per_edit_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,8 +126,11 @@ class DAFNetEditor(nn.Module):
 
     def __init__(self, model: nn.Module, module_names: Sequence[str], cfg: NetworkConfig,
                  init_edit_lr: float = 1e-4, memory_limit: int = 0, precondition: bool = False,
-                 protect_keys: float = 0.0, edit_scale: float = 1.0) -> None:
+                 protect_keys: float = 0.0, edit_scale: float = 1.0, rows: str = "all") -> None:
         super().__init__()
+        if rows not in ROWS:
+            raise ValueError(f"rows must be one of {', '.join(ROWS)}, not {rows!r}")
+        self.rows = rows
         self.__dict__["model"] = model
         named = dict(model.named_modules())
         # EasyEdit names edited weights ("...mlp.c_fc.weight"); DAFNet edits their modules
@@ -174,7 +234,8 @@ class DAFNetEditor(nn.Module):
     # ----- editing -----------------------------------------------------------------------
     def gradient_signals(self, batch: EditBatch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per module: token rows [u, δ] (N, D) in float32 of the unedited model and each row's edit
-        index (N,). Rows where u or δ is all zero carry no signal and are dropped."""
+        index (N,), for the rows that ``self.rows`` selects. Rows where u or δ is all zero carry no
+        signal and are dropped."""
         batch = batch.to(self.edit_lrs.device)
         weights = [m.weight for m in self.edited.values()]
         flags = [w.requires_grad for w in weights]
@@ -193,7 +254,7 @@ class DAFNetEditor(nn.Module):
             for w, f in zip(weights, flags):
                 w.requires_grad_(f)
             captured, self._captured = self._captured, None
-        keep = batch.attention_mask.bool().flatten()
+        keep = token_rows(batch, self.rows).flatten()
         edit_of_row = torch.arange(batch.input_ids.shape[0], device=keep.device).repeat_interleave(batch.input_ids.shape[1])
         signals = {}
         for name, grad in zip(names, grads):
@@ -297,8 +358,8 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
     ``state_dict`` and size stay those of the base model; a call with other hparams replaces it.
     ``seed`` makes the networks' initialisation repeatable without touching the global RNG.
     """
-    key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr,
-           hparams.memory_limit, hparams.precondition, hparams.protect_keys, hparams.edit_scale, hparams.archive)
+    key = (tuple(hparams.inner_params), hparams.network_config(), hparams.init_edit_lr, hparams.memory_limit,
+           hparams.precondition, hparams.protect_keys, hparams.edit_scale, hparams.rows, hparams.archive)
     editor = attached(model)
     if editor is not None and editor.hparams_key == key:
         return editor
@@ -309,7 +370,7 @@ def attach(model: nn.Module, hparams: DAFNetHyperParams, seed: int | None = None
             torch.manual_seed(seed)
         editor = DAFNetEditor(model, hparams.inner_params, hparams.network_config(), hparams.init_edit_lr,
                               hparams.memory_limit, hparams.precondition, hparams.protect_keys,
-                              hparams.edit_scale).eval()
+                              hparams.edit_scale, hparams.rows).eval()
     if hparams.archive:
         editor.load_archive(hparams.archive)
     editor.hparams_key = key

@@ -12,6 +12,7 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .default_model import resolve_model
+from .editor import ROWS
 from .network import FUSIONS, NetworkConfig
 
 CURRICULA = ("stall", "uniform")
@@ -56,6 +57,7 @@ class _DAFNetMethod:
     precondition: bool = False         # True: updates act through the inverse second moment of inputs
     protect_keys: float = 0.0          # > 0: each edit's keys join the preconditioner of later edits
     edit_scale: float = 1.0            # every update times this, at editing time (as MEND's lr_scale)
+    rows: str = "all"                  # token rows that feed the network and carry the update (editor.ROWS)
     archive: Optional[str] = None      # trained DAFNet weights; None edits with an untrained network
     max_length: int = 40
     model_parallel: bool = False
@@ -70,7 +72,7 @@ class _DAFNetMethod:
         value = getattr(hp, cls.NAME_KEY)
         if value.upper() != "DAFNET":
             raise ValueError(f"{path}: key '{cls.NAME_KEY}' must be 'DAFNet', not '{value}'")
-        choices = {"fusion": FUSIONS, "curriculum": CURRICULA}
+        choices = {"fusion": FUSIONS, "curriculum": CURRICULA, "rows": ROWS}
         for key, allowed in choices.items():
             if hasattr(hp, key) and getattr(hp, key) not in allowed:
                 raise ValueError(f"{path}: key '{key}' must be one of {', '.join(allowed)}, not '{getattr(hp, key)}'")
@@ -120,6 +122,8 @@ class DAFNetTrainingHparams(_DAFNetMethod):
     precondition_damping: float = 0.1  # see DAFNetEditor.estimate_preconditioners
     loss_ema: float = 0.01             # smoothing of the loss the curriculum watches
     model_save_pt: int = 500           # steps between checkpoints
+    dev_every: int = 100               # steps between dev-split scores in the training log (0: none)
+    dev_edits: int = 20                # dev records edited as one sequence for those scores
     seed: int = 0
     # read by EditTrainer's constructor; DAFNet draws its own sequences, so batch sizes stay 1
     model_class: str = "AutoModelForCausalLM"

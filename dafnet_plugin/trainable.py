@@ -14,7 +14,7 @@ from easyeditor.trainer.algs.editable_model import EditableModel
 from easyeditor.trainer.losses import masked_log_probs
 from torch import nn
 
-from .editor import EditBatch, attach
+from .editor import SUBJECT_ROWS, EditBatch, attach
 
 
 class _Edited(nn.Module):
@@ -50,6 +50,9 @@ class DAFNetTrainable(EditableModel):
     def edit(self, batch: dict, condition=None, detach_history: bool = False):
         """One host batch of k edits is one sequence. The host's labels hold the target tokens
         aligned to the end of the (left-padded) input; DAFNet wants them at full width."""
+        if self.editor.rows in SUBJECT_ROWS:
+            raise ValueError(f"rows: {self.editor.rows} needs each edit's subject, which the host's batches do "
+                             f"not carry: train with the plugin's DAFNetTrainer (EditTrainer.run does)")
         labels = torch.full_like(batch["input_ids"], -100)
         width = batch["labels"].shape[1]
         labels[:, -width:] = batch["labels"]

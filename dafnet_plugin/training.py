@@ -22,8 +22,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .default_model import cache_root
-from .editor import DAFNetEditor, tokenize_edits, per_edit_nll
+from .editor import SUBJECT_ROWS, DAFNetEditor, per_edit_nll, tokenize_edits
 from .hparams import DAFNetTrainingHparams
+from .training_plot import plot_training_log
 from .trunk import Trunk, TrunkCache, build_trunk_cache, cache_key, cached_sequence_losses, second_moments
 
 Record = dict
@@ -79,7 +80,8 @@ def sequence_losses(editor: DAFNetEditor, tok, records: Sequence[Record], max_le
     """Edit the fresh model with the whole sequence at once (with graph) and score it."""
     model = editor.model
     targets = [r["target_new"] for r in records]
-    edit = tokenize_edits(tok, [r["prompt"] for r in records], targets, max_length)
+    subjects = [r["subject"] for r in records] if editor.rows in SUBJECT_ROWS else None
+    edit = tokenize_edits(tok, [r["prompt"] for r in records], targets, max_length, subjects)
     rephrase = tokenize_edits(tok, [r["rephrase_prompt"] for r in records], targets, max_length)
     loc = tokenize_edits(tok, [r["locality_prompt"] for r in records],
                          [r["locality_ground_truth"] for r in records], max_length)
@@ -99,6 +101,37 @@ def sequence_losses(editor: DAFNetEditor, tok, records: Sequence[Record], max_le
         editor.reset()  # the next sequence starts fresh; this also frees the graph's ΔW
 
 
+@torch.no_grad()
+def dev_scores(editor: DAFNetEditor, tok, records: Sequence[Record], max_length: int) -> dict[str, float]:
+    """The final protocol on ``records``, cheaply: one sequence of all of them (edited at once, which
+    equals one by one), then each edit's target accuracy after its prompt (teacher-forced, as the
+    host's rewrite_acc) and the share of locality-answer tokens whose argmax is the unedited model's.
+    The editor's sequence is empty afterwards."""
+    model, device = editor.model, editor.edit_lrs.device
+    subjects = [r["subject"] for r in records] if editor.rows in SUBJECT_ROWS else None
+    edit = tokenize_edits(tok, [r["prompt"] for r in records], [r["target_new"] for r in records],
+                          max_length, subjects).to(device)
+    loc = tokenize_edits(tok, [r["locality_prompt"] for r in records],
+                         [r["locality_ground_truth"] for r in records], max_length).to(device)
+
+    def predictions(batch):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        return logits[:, :-1].argmax(-1), batch.labels[:, 1:] != -100
+
+    with editor.deltas_off():
+        loc_before, _ = predictions(loc)
+    editor.reset()
+    editor.edit(edit)
+    try:
+        guess, scored = predictions(edit)
+        hits = ((guess == edit.labels[:, 1:]) & scored).sum(1) / scored.sum(1).clamp(min=1)
+        loc_after, loc_scored = predictions(loc)
+        kept = ((loc_after == loc_before) & loc_scored).sum(1) / loc_scored.sum(1).clamp(min=1)
+        return {"rewrite": hits.mean().item(), "locality": kept.mean().item()}
+    finally:
+        editor.reset()
+
+
 class DAFNetTrainer:
     """Trains the networks and per-module edit learning rates of ``editor``; checkpoints hold
     those weights, the normalisation statistics, the optimizers and the curriculum, nothing
@@ -106,10 +139,14 @@ class DAFNetTrainer:
     (``model``, ``opt``, ``lr_opt``) so the host trainer can read them too."""
 
     def __init__(self, editor: DAFNetEditor, tok, hp: DAFNetTrainingHparams, draw: SequenceSource,
-                 checkpoint: str | os.PathLike, trunk_cache: TrunkCache | None = None) -> None:
+                 checkpoint: str | os.PathLike, trunk_cache: TrunkCache | None = None,
+                 dev_records: Sequence[Record] = ()) -> None:
         """``draw`` gives the records of a sequence; with ``trunk_cache`` (see trunk.py) the
-        sequences are drawn from the cached records instead and each step runs the edited layers only."""
+        sequences are drawn from the cached records instead and each step runs the edited layers only.
+        Every ``hp.dev_every`` steps the log records ``dev_scores`` of the first ``hp.dev_edits``
+        ``dev_records`` (records training never draws), so a run shows whether more steps still help."""
         self.editor, self.tok, self.hp, self.draw = editor, tok, hp, draw
+        self.dev_records = list(dev_records)[:hp.dev_edits]
         # Only DAFNet learns: gradients for the model's own weights would cost as much as the rest
         # of the backward pass and never be used.
         editor.model.requires_grad_(False)
@@ -190,12 +227,18 @@ class DAFNetTrainer:
                 # a resumed run logs its own clock: run_started tells the runs apart when budgets are summed
                 info.update(seconds=round(now - start, 2), step_s=round(now - step_start, 2),
                             run_started=round(start, 2))
+                if self.dev_records and self.hp.dev_every and self.step % self.hp.dev_every == 0:
+                    self.editor.eval()  # frozen normalisation statistics, as at editing time
+                    dev = dev_scores(self.editor, self.tok, self.dev_records, self.hp.max_length)
+                    info.update({f"dev/{n}": round(v, 4) for n, v in dev.items()}, dev_edits=len(self.dev_records))
                 history.append(info)
                 log.write(json.dumps(info) + "\n")
+                log.flush()
                 bar.update(1)
                 bar.set_postfix(loss=f"{info['loss']:.3f}", k_max=info["k_max"])
                 if self.step % self.hp.model_save_pt == 0 or self.step == max_iters:
                     self.save()
+                    plot_training_log(self.log_path, self.checkpoint.with_suffix(".training.png"))
         self.editor.eval()
         return history
 
@@ -226,7 +269,7 @@ def trunk_cache_for(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Recor
     size), loaded from ``<cache root>/trunk`` or built there; with ``hp.precondition`` the
     editor's preconditioners are estimated from it too."""
     pool = distinct_pool(sources, hp.trunk_pool)
-    key = cache_key(hp.model_name, editor.module_names, pool, hp.max_length, hp.cache_dtype)
+    key = cache_key(hp.model_name, editor.module_names, pool, hp.max_length, hp.cache_dtype, editor.rows)
     path = Path(cache_dir or cache_root() / "trunk") / f"{key}.pt"
     if path.exists():
         cache = TrunkCache.load(path)

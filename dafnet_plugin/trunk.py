@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .editor import DAFNetEditor, EditBatch, tokenize_edits
+from .editor import SUBJECT_ROWS, DAFNetEditor, EditBatch, tokenize_edits
 
 Record = dict
 KINDS = ("edit", "rephrase", "loc")
@@ -180,10 +180,19 @@ def build_trunk_cache(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Rec
     lengths = {k: [] for k in KINDS}
     signals = {n: [] for n in editor.module_names}
     counts = {n: [] for n in editor.module_names}
+    by_subject = editor.rows in SUBJECT_ROWS
+    if by_subject:
+        for name, recs in sources.items():
+            missing = next((i for i, r in enumerate(recs) if not r.get("subject")), None)
+            if missing is not None:
+                raise ValueError(f"source {name!r} record {missing} ({recs[missing]['prompt']!r}) has no "
+                                 f"'subject', which rows: {editor.rows} needs")
     for at in tqdm(range(0, len(records), batch_size), desc="caching the trunk", unit="batch"):
         chunk = records[at:at + batch_size]
         for kind, (prompt, answer) in _PROMPTS.items():
-            batch = tokenize_edits(tok, [r[prompt] for r in chunk], [r[answer] for r in chunk], max_length)
+            # only the edit prompts give gradient signals, so only they need their subject's tokens
+            subjects = [r["subject"] for r in chunk] if by_subject and kind == "edit" else None
+            batch = tokenize_edits(tok, [r[prompt] for r in chunk], [r[answer] for r in chunk], max_length, subjects)
             batch = batch.to(editor.edit_lrs.device)
             h = trunk.first_layer_input(batch)
             for row in range(len(chunk)):
@@ -207,16 +216,18 @@ def build_trunk_cache(editor: DAFNetEditor, tok, sources: dict[str, Sequence[Rec
 
 
 def cache_key(model_path: str, module_names: Sequence[str], sources: dict[str, Sequence[Record]],
-              max_length: int, dtype: str) -> str:
-    """What the cache depends on: the model, the edited layers, the records and their tokenisation."""
+              max_length: int, dtype: str, rows: str = "all") -> str:
+    """What the cache depends on: the model, the edited layers and token rows, the records and their
+    tokenisation."""
     blob = hashlib.sha256()
     config = Path(model_path) / "config.json"
     stamp = config.stat().st_mtime_ns if config.exists() else None
-    blob.update(json.dumps([str(model_path), stamp, list(module_names), max_length, dtype]).encode())
+    blob.update(json.dumps([str(model_path), stamp, list(module_names), max_length, dtype, rows]).encode())
     for name, recs in sources.items():
         blob.update(name.encode())
         for r in recs:
-            blob.update(json.dumps([r.get(k) for p in _PROMPTS.values() for k in p]).encode())
+            fields = [r.get(k) for p in _PROMPTS.values() for k in p]
+            blob.update(json.dumps(fields + ([r.get("subject")] if rows in SUBJECT_ROWS else [])).encode())
     return blob.hexdigest()[:16]
 
 

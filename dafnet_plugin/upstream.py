@@ -236,7 +236,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from ...trainer.algs.dafnet import DAFNetHyperParams, attach, tokenize_edits
+from ...trainer.algs.dafnet import SUBJECT_ROWS, DAFNetHyperParams, attach, tokenize_edits
 
 
 def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyperParams, copy: bool = False,
@@ -246,12 +246,14 @@ def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyper
         model = copy_module.deepcopy(model)
     editor = attach(model, hparams)
     restore = functools.partial(editor.restore, editor.snapshot())
+    needed = ("prompt", "target_new", "subject") if hparams.rows in SUBJECT_ROWS else ("prompt", "target_new")
     for i, request in enumerate(requests):
-        for key in ("prompt", "target_new"):
+        for key in needed:
             if not request.get(key):
-                raise ValueError(f"DAFNet request {i} has no '{key}': {request}")
+                raise ValueError(f"DAFNet request {i} has no '{key}' (rows: {hparams.rows}): {request}")
+    subjects = [r["subject"] for r in requests] if hparams.rows in SUBJECT_ROWS else None
     batch = tokenize_edits(tok, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
-                           hparams.max_length)
+                           hparams.max_length, subjects)
     with torch.no_grad():
         editor.edit(batch)
     # the edit lives beside the weights, so the host restores by calling this (CALLABLE_RESTORE_ALGS)
@@ -260,7 +262,7 @@ def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyper
 
 METHOD_INIT_SOURCE = '''"""DAFNet (Zhang et al., 2024, arXiv 2405.20588), the meta-learned sequential model editor: its
 auxiliary network, its state on a model, and its EditableModel for EditTrainer."""
-from .dafnet_editor import DAFNetEditor, attach, attached, tokenize_edits
+from .dafnet_editor import SUBJECT_ROWS, DAFNetEditor, attach, attached, tokenize_edits
 from .dafnet_hparams import DAFNetHyperParams, DAFNetTrainingHparams
 from .dafnet_trainable import DAFNetTrainable
 '''

@@ -84,12 +84,14 @@ def test_preconditioner_is_the_damped_inverse_second_moment(tiny_gpt2_dir):
     assert "preconditioners.0.inverse" in editor.state_dict()  # archives carry it
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_cached_trunk_losses_equal_the_full_model_path(arch, tiny_gpt2_dir, tiny_llama_dir):
+@pytest.mark.parametrize("arch, rows", [("gpt2", "all"), ("llama", "all"), ("llama", "subject_last")])
+def test_cached_trunk_losses_equal_the_full_model_path(arch, rows, tiny_gpt2_dir, tiny_llama_dir):
     path, modules = (tiny_gpt2_dir, GPT2_MODULES) if arch == "gpt2" else (tiny_llama_dir, LLAMA_MODULES)
+    if rows == "subject_last":  # the first layer, whose output at the subject reaches the target by attention
+        modules = [m.replace("layers.1.", "layers.0.") for m in modules]
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     tok = GPT2Tokenizer.from_pretrained(path)
-    editor = DAFNetEditor(model, modules, TINY, init_edit_lr=1.0, precondition=True).eval()  # norm frozen
+    editor = DAFNetEditor(model, modules, TINY, init_edit_lr=1.0, precondition=True, rows=rows).eval()  # norm frozen
     cache = build_trunk_cache(editor, tok, {"a": RECORDS[:7], "b": RECORDS[7:]}, 40, torch.float32, batch_size=5)
     assert len(cache) == 12 and cache.sources == {"a": [0, 7], "b": [7, 12]}
     editor.estimate_preconditioners(second_moments(editor, cache), 0.1)

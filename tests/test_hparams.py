@@ -45,6 +45,7 @@ def test_smollm2_yaml_is_strictly_valid():
     (lambda t: t.replace("detach_gate: false", "detach_gate: maybe"), "key 'detach_gate'"),
     (lambda t: t.replace("ffn_dim: 48\n", ""), "missing key(s): ffn_dim"),
     (lambda t: t.replace("alg_name: DAFNet", "alg_name: MEND"), "key 'alg_name'"),
+    (lambda t: t + "rows: subjects\n", "key 'rows'"),
 ])
 def test_bad_yaml_names_key_and_file(tmp_path, edit, message):
     path = write(tmp_path, edit(TINY_YAML))
