@@ -20,13 +20,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm.auto import tqdm
 
 import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin.data.dafset import load_records
 from dafnet_plugin.default_model import cache_root, resolve_model
 
+from .config_checks import check_config, check_records
 from .held_apart import held_apart_files
 from .methods import build
 from .methods.context import Context
@@ -42,11 +45,28 @@ def load_config(preset: str | None, config_file: str | None, overrides: list[str
     if preset:
         if preset not in PRESETS:
             raise SystemExit(f"unknown preset '{preset}'; known: {', '.join(PRESETS)}")
-        cfg = OmegaConf.merge(cfg, {"preset": preset, **PRESETS[preset]})
+        cfg = merge_setting(cfg, lambda: {"preset": preset, **PRESETS[preset]}, f"preset {preset}")
     if config_file:
-        cfg = OmegaConf.merge(cfg, OmegaConf.load(config_file))
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        cfg = merge_setting(cfg, lambda: OmegaConf.load(config_file), config_file)
+    cfg = merge_setting(cfg, lambda: OmegaConf.from_dotlist(overrides), "the command line")
     return OmegaConf.to_object(cfg)
+
+
+def merge_setting(cfg, read, source: str):
+    """``cfg`` with the settings ``read()`` gives merged in; a key that CompareConfig lacks or a value
+    of the wrong type is one line naming the key and ``source``, not omegaconf's traceback."""
+    try:
+        return OmegaConf.merge(cfg, read())
+    except FileNotFoundError:
+        raise SystemExit(f"{source}: no such file") from None
+    except yaml.YAMLError as error:
+        raise SystemExit(f"{source}: not readable as YAML ({str(error).splitlines()[0]})") from None
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "is not a ListConfig" in reason:
+            reason = f"a list is written in brackets, e.g. {key}=[{getattr(error, 'value', '...')}]"
+        raise SystemExit(f"{source}: key '{key}': {reason}") from None
 
 
 def host_version() -> str:
@@ -66,14 +86,16 @@ def peak_memory_mb(device: str) -> float:
 
 
 def run(cfg: CompareConfig) -> dict:
+    check_config(cfg)
     torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out or f"runs/{cfg.preset}")
-    out.mkdir(parents=True, exist_ok=True)
-    model_path = resolve_model(cfg.model)
     eval_file, train_files = cfg.eval, list(cfg.train)
     if cfg.held_apart:
         eval_file, train_files = held_apart_files(cfg.eval, train_files, cfg.held_apart, suite_cache(cfg) / "splits")
     records = load_records(eval_file)
+    check_records(cfg, eval_file, len(records))
+    out = Path(cfg.out or f"runs/{cfg.preset}")
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = resolve_model(cfg.model)
     path = out / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"rows": []}
     check_same_setup(path, results, asdict(cfg))

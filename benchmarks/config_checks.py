@@ -1,0 +1,105 @@
+"""The comparison suite's configuration, checked before any model is loaded or trained.
+
+A suite run can spend hours training before it reaches the method whose settings are wrong, and some
+mistakes (a misspelt method name in a per-method key, T = 0, an evaluation file shorter than T) give
+no error at all, only rows that look fine. Each check here ends the run with one line that names the
+key and what it expects.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from .methods import PREPARE
+from .presets import CompareConfig
+
+# Keys whose entries are per method: each entry's name must be a method the suite knows.
+PER_METHOD_KEYS = ("steps", "max_T", "hparams", "training")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _dafnet_hparams_class() -> type:
+    from dafnet_plugin.hparams import DAFNetHyperParams
+    return DAFNetHyperParams
+
+
+def _host_hparams_class(name: str) -> Callable[[], type | None]:
+    def load() -> type | None:
+        from dafnet_plugin.host import import_easyeditor
+        host = import_easyeditor()
+        return getattr(host, name, None) if host is not None else None
+    return load
+
+
+# Each method's editing hparams class, which hparams.<method>.<field> overrides set fields of.
+HPARAMS_CLASSES: dict[str, Callable[[], type | None]] = {
+    "DAFNet": _dafnet_hparams_class, "MEND": _host_hparams_class("MENDHyperParams"),
+    "SERAC": _host_hparams_class("SERACHparams"), "ROME": _host_hparams_class("ROMEHyperParams"),
+    "MEMIT": _host_hparams_class("MEMITHyperParams"),
+}
+
+
+def _fail(message: str) -> None:
+    raise SystemExit(f"configuration: {message}")
+
+
+def _at_least_one(key: str, value: int) -> None:
+    if value < 1:
+        _fail(f"{key} must be at least 1, not {value}")
+
+
+def check_config(cfg: CompareConfig) -> None:
+    """Every setting that can be judged without loading a model or reading the evaluation file."""
+    if not isinstance(cfg.methods, list):
+        _fail(f"methods must be a list, e.g. methods=[{cfg.methods}], not '{cfg.methods}'")
+    known = ", ".join(PREPARE)
+    for key in PER_METHOD_KEYS:
+        for method in getattr(cfg, key):
+            if method not in PREPARE:
+                _fail(f"{key}.{method}: no method '{method}'; known: {known}")
+    for T in cfg.T:
+        _at_least_one("each T", T)
+    repeated = sorted({T for T in cfg.T if cfg.T.count(T) > 1})
+    if repeated:
+        _fail(f"T lists {', '.join(map(str, repeated))} more than once; each length runs once")
+    for key in ("n_single", "sequences", "threads"):
+        _at_least_one(key, getattr(cfg, key))
+    for key in ("max_T", "steps"):
+        for method, value in getattr(cfg, key).items():
+            _at_least_one(f"{key}.{method}", value)
+    if cfg.dtype not in DTYPES:
+        _fail(f"dtype must be one of {', '.join(DTYPES)}, not '{cfg.dtype}'")
+    if cfg.held_apart < 0:
+        _fail(f"held_apart must be 0 (none) or a number of records, not {cfg.held_apart}")
+    for path in [cfg.eval, *cfg.train]:
+        if not Path(path).is_file():
+            _fail(f"no data file at {path}")
+    for method, overrides in cfg.hparams.items():
+        _check_hparams_overrides(method, overrides)
+
+
+def _check_hparams_overrides(method: str, overrides: dict) -> None:
+    load = HPARAMS_CLASSES.get(method)
+    hparams_class = load() if load else None
+    if hparams_class is None:  # the host is not installed: building the method will say so
+        return
+    fields = {f.name for f in dataclasses.fields(hparams_class)}
+    for field in overrides:
+        if field not in fields:
+            _fail(f"hparams.{method}.{field}: {hparams_class.__name__} has no field '{field}'")
+    archive = overrides.get("archive")
+    if method == "DAFNet" and archive and not Path(archive).is_file():
+        _fail(f"hparams.DAFNet.archive: no file at {archive}")
+
+
+def check_records(cfg: CompareConfig, eval_file: str, n_records: int) -> None:
+    """The evaluation file holds the edits of the longest sequence and of the single-turn protocol:
+    a shorter file would score fewer edits than the rows say."""
+    needs = {"n_single": cfg.n_single}
+    if cfg.T:
+        needs[f"T={max(cfg.T)} x sequences={cfg.sequences}"] = max(cfg.T) * cfg.sequences
+    for what, n in needs.items():
+        if n > n_records:
+            source = f" (the last held_apart={cfg.held_apart} records of {cfg.eval})" if cfg.held_apart else ""
+            _fail(f"{eval_file}{source} holds {n_records} records; {what} needs {n}")
