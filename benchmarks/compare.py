@@ -11,7 +11,6 @@ metrics.png; a rerun skips the rows already there. A method that fails is a row 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import resource
 import time
@@ -36,6 +35,7 @@ from .methods.context import Context
 from .methods.trained import training_budget
 from .presets import PRESETS, CompareConfig
 from .protocols import run_sequences
+from .saved_json import read_json, write_json
 
 METRICS = ("rewrite_acc", "rephrase_acc", "locality", "gen_em")
 
@@ -97,7 +97,7 @@ def run(cfg: CompareConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(cfg.model)
     path = out / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    results = read_json(path) or {"rows": []}
     check_same_setup(path, results, asdict(cfg))
     results.update(preset=cfg.preset, model=cfg.model, dataset=cfg.dataset, host_version=host_version(),
                    device=torch.cuda.get_device_name() if cfg.device.startswith("cuda") else f"cpu ({platform.processor() or platform.machine()})",
@@ -109,7 +109,7 @@ def run(cfg: CompareConfig) -> dict:
     plan = [(1, ("single",))] + [(T, ("immediate", "final")) for T in cfg.T]
 
     def save() -> None:
-        path.write_text(json.dumps(results, indent=1))
+        write_json(path, results)
 
     for method in cfg.methods:
         todo = [(T, protocols) for T, protocols in plan if any((method, p, T) not in done for p in protocols)]

@@ -23,6 +23,7 @@ from dafnet_plugin.default_model import cache_root, default_model_path
 from . import compare
 from .presets import CPU_EDITING, CPU_TRAINING
 from .protocols import Session, request_of
+from .saved_json import read_json, write_json
 
 # MEND trains and edits as the CPU presets have it (benchmarks/presets.py), not at the host's gpt2-xl
 # rates, under which its 80 steps make 8 optimizer updates at 1e-6 and it edits nothing
@@ -39,22 +40,23 @@ def write_builtin_data(folder: Path, model_path: str) -> tuple[Path, Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     train, val, report = folder / "builtin-train-cf.json", folder / "builtin-val-cf.json", folder / "knowledge.json"
-    if not report.exists():
+    knowledge = read_json(report)
+    if knowledge is None:
         model, tok = load(model_path)
         facts = split_facts().train + split_facts().val
         share, per_relation, known = known_share(model, tok, facts)
-        report.write_text(json.dumps({"share": share, "n": len(facts), "per_relation": per_relation,
-                                      "known": [[f.subject, f.relation] for f in known]}))
-    knowledge = json.loads(report.read_text())
+        knowledge = {"share": share, "n": len(facts), "per_relation": per_relation,
+                     "known": [[f.subject, f.relation] for f in known]}
+        write_json(report, knowledge)
     known = {tuple(k) for k in knowledge["known"]}
     best = sorted(knowledge["per_relation"].items(), key=lambda item: -item[1])[:4]
     print(f"\nThe model knows {knowledge['share']:.0%} of the {knowledge['n']} built-in facts (its greedy answer "
           f"starts with the true object); best relations: " + ", ".join(f"{r} {v:.0%}" for r, v in best))
     if not train.exists():
-        train.write_text(json.dumps(to_counterfact(make_edits(split="train"))))
+        write_json(train, to_counterfact(make_edits(split="train")))
     if not val.exists():
         edits = sorted(make_edits(split="val"), key=lambda e: (e.subject, e.relation) not in known)
-        val.write_text(json.dumps(to_counterfact(edits)))
+        write_json(val, to_counterfact(edits))
     return train, val
 
 
@@ -62,9 +64,10 @@ def set_aside_stale_results(cfg: compare.CompareConfig) -> None:
     """A demo made with other settings is kept as results.previous.json, so that a changed demo runs
     afresh instead of refusing to resume (a resumed run never mixes setups)."""
     path = Path(cfg.out) / "results.json"
-    if path.exists():
+    results = read_json(path)
+    if results is not None:
         try:
-            compare.check_same_setup(path, json.loads(path.read_text()), asdict(cfg))
+            compare.check_same_setup(path, results, asdict(cfg))
         except SystemExit:
             path.rename(path.with_name("results.previous.json"))
 

@@ -13,12 +13,13 @@ the archive, where the host's SERAC reads it. The evaluation file is never read.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 from pathlib import Path
 
 import torch
+
+from ..saved_json import read_json, write_json
 
 FALSE_HITS = 0.05      # share of training locality prompts the chosen radius may take for in scope
 CALIBRATION_RECORDS = 200
@@ -76,8 +77,9 @@ def calibrate(hp, train_json: str | os.PathLike, n: int = CALIBRATION_RECORDS,
     """Choose SERAC's scope radius on the last ``n`` records of ``train_json`` and write its scale into
     ``hp.archive``; done once per archive (``<archive>.scope.json`` records it)."""
     path = scope_path(hp.archive)
-    if path.exists():
-        return json.loads(path.read_text())
+    chosen = read_json(path)
+    if chosen is not None:
+        return chosen
     from dafnet_plugin.data.dafset import load_records
 
     records = load_records(train_json)[-n:]  # CounterFact or MEND ZsRE form alike
@@ -92,5 +94,5 @@ def calibrate(hp, train_json: str | os.PathLike, n: int = CALIBRATION_RECORDS,
     partial = Path(f"{hp.archive}.partial")
     torch.save(archive, partial)
     os.replace(partial, hp.archive)
-    path.write_text(json.dumps(chosen, indent=1))
+    write_json(path, chosen)
     return chosen

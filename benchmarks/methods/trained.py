@@ -69,6 +69,8 @@ from tqdm.auto import tqdm
 
 from dafnet_plugin.host import register
 
+from ..saved_json import read_json, write_json
+
 # Model families as the host recognises them by name (see the module docstring).
 GPT2_MLP = ("mlp.c_proj.weight", "mlp.c_fc.weight")                      # host YAML order
 LLAMA_MLP = ("mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight")
@@ -414,14 +416,14 @@ def _train(alg: str, hp, train_json: str, val_json: str | None, val_size: int, s
               "setup_s": setup_s, "run_s": run_s, "train_step_s_median": sorted(step_seconds)[len(step_seconds) // 2],
               "train_step_s_mean": sum(step_seconds) / len(step_seconds), "threads": torch.get_num_threads(),
               "results": _read_json(Path(hp.results_dir) / "results.json")}
-    archive.with_name(archive.name + ".train.json").write_text(json.dumps(record, indent=1))
+    write_json(archive.with_name(archive.name + ".train.json"), record)
     budget = {"method": alg, "training_steps": steps, "batch_size": hp.batch_size, "edits_seen": edits_seen[0],
               "distinct_edits": min(len(_read_json(Path(train_json))), edits_seen[0]),
               "accumulate_bs": hp.accumulate_bs, "optimizer_updates": updates[0], "lr": hp.lr,
               "archive_step": archive_step,
               "wall_s": round(setup_s + run_s, 1), "train_steps_s": round(sum(step_seconds), 1),
               "threads": torch.get_num_threads(), "train_file": Path(train_json).name}
-    _budget_path(archive).write_text(json.dumps(budget, indent=1))
+    write_json(_budget_path(archive), budget)
     return record
 
 
@@ -457,8 +459,9 @@ def training_budget(hparams) -> dict | None:
     if not archive:
         return None
     path = _budget_path(archive)
-    if path.exists():
-        return json.loads(path.read_text())
+    budget = read_json(path)
+    if budget is not None:
+        return budget
     record = _read_json(Path(f"{archive}.train.json"))
     if record is None:
         return None
@@ -471,7 +474,7 @@ def training_budget(hparams) -> dict | None:
               "wall_s": round(record["setup_s"] + record["run_s"], 1),
               "train_steps_s": round(record["train_step_s_mean"] * record["steps"], 1),
               "threads": record.get("threads"), "train_file": None}
-    path.write_text(json.dumps(budget, indent=1))
+    write_json(path, budget)
     return budget
 
 
