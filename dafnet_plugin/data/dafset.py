@@ -18,6 +18,10 @@ REQUIRED = ("prompt", "target_new", "rephrase_prompt", "locality_prompt", "local
 MEND_REQUIRED = ("src", "alt", "answers", "rephrase", "loc", "loc_ans")
 MEND_KEYS = {"src": "prompt", "alt": "target_new", "rephrase": "rephrase_prompt", "loc_ans": "locality_ground_truth",
              "subject": "subject"}
+# Fields that hold text, in either form: a number or a list there would fail deep in the host, after the
+# edits before it in a sequence had run.
+TEXT_FIELDS = (*REQUIRED, "ground_truth", "subject", "src", "alt", "rephrase", "loc", "loc_ans")
+PROMPT_FIELDS = ("prompt", "rephrase_prompt", "src", "rephrase")
 PREFIX_WORDS = 30  # DAFSet's robust part cuts each distracting prefix to its first 30 words
 NQ_PREFIX = "nq question: "
 
@@ -35,6 +39,12 @@ def _check(record: Any, fields: Sequence[str], where: str) -> None:
             raise ValueError(f"{where}: {f!r} is null")
         if isinstance(record[f], str) and not record[f].strip() and f != "alt":
             raise ValueError(f"{where}: {f!r} is empty")
+    for f in TEXT_FIELDS:
+        if f in record and not isinstance(record[f], str):
+            raise ValueError(f"{where}: {f!r} must be a string, not {type(record[f]).__name__} ({record[f]!r:.40})")
+    for f in PROMPT_FIELDS:  # a ROME-style template would be edited literally, braces and all
+        if "{}" in record.get(f, ""):
+            raise ValueError(f"{where}: {f!r} is a template ({record[f]!r:.60}); give it with the subject filled in")
     for key in ("prefix", "answers"):  # lists that get indexed: an empty one would fail later, far from here
         value = record.get(key, [""])
         if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
@@ -46,7 +56,9 @@ def load_records(path: str | Path) -> list[Record]:
     The form is told from the first record's keys; a robust part's records keep their `prefix` list."""
     path = Path(path)
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); save the file as UTF-8") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not readable as JSON ({e.msg} at line {e.lineno}, column {e.colno}); "
                          f"is the file complete?") from None
