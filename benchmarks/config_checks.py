@@ -11,6 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
+from dafnet_plugin.archives import check_archive
+
 from .methods import PREPARE
 from .presets import CompareConfig
 
@@ -89,8 +91,11 @@ def _check_hparams_overrides(method: str, overrides: dict) -> None:
         if field not in fields:
             _fail(f"hparams.{method}.{field}: {hparams_class.__name__} has no field '{field}'")
     archive = overrides.get("archive")
-    if method == "DAFNet" and archive and not Path(archive).is_file():
-        _fail(f"hparams.DAFNet.archive: no file at {archive}")
+    if method == "DAFNet" and archive:
+        try:
+            check_archive(archive, "hparams.DAFNet.archive")
+        except (OSError, ValueError) as error:
+            _fail(str(error))
 
 
 def check_records(cfg: CompareConfig, eval_file: str, n_records: int) -> None:

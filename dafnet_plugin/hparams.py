@@ -5,17 +5,31 @@ the file: a typo in a YAML must never silently fall back to a default.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import ClassVar, List, Optional, Type, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .archives import check_archive
 from .default_model import resolve_model
 from .editor import ROWS
 from .network import FUSIONS, NetworkConfig
 
 CURRICULA = ("stall", "uniform")
+# Legal ranges of numeric keys, (keys, test, what the test asks for); a key a class lacks is skipped.
+# Each bound is where the value stops meaning anything: a network of no layers, a memory of -1 edits.
+RANGES = [
+    (("n_layers", "inner_dim", "ffn_dim", "att_dim", "att_heads", "gate_dim", "gate_heads", "max_iters",
+      "max_sequence", "curriculum_patience", "curriculum_min_step", "trunk_pool", "score_edits", "model_save_pt",
+      "batch_size", "val_batch_size", "accumulate_bs"), lambda v: v >= 1, "at least 1"),
+    (("memory_limit", "protect_keys", "lr_lr", "cedit", "crephrase", "cloc", "curriculum_growth",
+      "curriculum_max_wait", "precondition_damping", "dev_every"), lambda v: v >= 0, "0 or more"),
+    (("init_edit_lr", "edit_scale", "lr", "grad_clip"), lambda v: v > 0, "above 0"),
+    (("loss_ema",), lambda v: 0 < v <= 1, "above 0 and at most 1"),
+    (("max_length",), lambda v: v >= 8, "at least 8 (tokens of prompt and target together)"),
+]
 
 T = TypeVar("T")
 
@@ -76,6 +90,14 @@ class _DAFNetMethod:
         for key, allowed in choices.items():
             if hasattr(hp, key) and getattr(hp, key) not in allowed:
                 raise ValueError(f"{path}: key '{key}' must be one of {', '.join(allowed)}, not '{getattr(hp, key)}'")
+        for keys, within, expected in RANGES:
+            for key in keys:
+                if hasattr(hp, key) and not within(getattr(hp, key)):
+                    raise ValueError(f"{path}: key '{key}' must be {expected}, not {getattr(hp, key)}")
+        if not hp.inner_params:
+            raise ValueError(f"{path}: key 'inner_params' must name at least one weight to edit")
+        if hp.archive:
+            check_archive(hp.archive, f"{path}: key 'archive'")
         hp.model_name = resolve_model(hp.model_name)
         return hp
 
@@ -85,11 +107,24 @@ class _DAFNetMethod:
                              gate_heads=self.gate_heads, detach_gate=self.detach_gate, fusion=self.fusion)
 
 
+_WARNED_EMPTY_ARCHIVE: set[str] = set()  # files already warned about, so each is named once a process
+
+
 @dataclass
 class DAFNetHyperParams(_DAFNetMethod):
     """Everything ``BaseEditor`` and the DAFNet apply function read."""
     alg_name: str = MISSING            # must be "DAFNet"
     NAME_KEY: ClassVar[str] = "alg_name"
+
+    @classmethod
+    def from_hparams(cls, path: str) -> "DAFNetHyperParams":
+        hp = super().from_hparams(path)
+        # null is the documented "no archive yet"; an empty string is more likely a path that went missing
+        if hp.archive == "" and path not in _WARNED_EMPTY_ARCHIVE:
+            _WARNED_EMPTY_ARCHIVE.add(path)
+            print(f"warning: {path}: key 'archive' is empty: edits use an untrained DAFNet network "
+                  f"(give a trained archive, or null to say so)", file=sys.stderr)
+        return hp
 
 
 @dataclass

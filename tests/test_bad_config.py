@@ -50,7 +50,7 @@ def stops(overrides: list[str], *more: str) -> str:
     ("dtype=float8", r"dtype must be one of float32, float16, bfloat16, not 'float8'"),
     ("eval=/no/such/val.json", r"no data file at /no/such/val\.json"),
     ("hparams.DAFNet.archve=x.pt", r"hparams\.DAFNet\.archve: DAFNetHyperParams has no field 'archve'"),
-    ("hparams.DAFNet.archive=/no/such/archive.pt", r"hparams\.DAFNet\.archive: no file at /no/such/archive\.pt"),
+    ("hparams.DAFNet.archive=/no/such/archive.pt", r"hparams\.DAFNet\.archive: no archive at /no/such/archive\.pt"),
 ])
 def test_a_bad_setting_stops_the_run_naming_its_key(overrides, setting, expected):
     assert re.search(expected, stops(overrides, setting))
