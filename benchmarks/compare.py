@@ -92,7 +92,7 @@ def run(cfg: CompareConfig) -> dict:
     if cfg.held_apart:
         eval_file, train_files = held_apart_files(cfg.eval, train_files, cfg.held_apart, suite_cache(cfg) / "splits")
     records = load_records(eval_file)
-    check_records(cfg, eval_file, len(records))
+    check_records(cfg, eval_file, records)
     out = Path(cfg.out or f"runs/{cfg.preset}")
     out.mkdir(parents=True, exist_ok=True)
     model_path = resolve_model(cfg.model)

@@ -19,6 +19,7 @@ from .presets import CompareConfig
 # Keys whose entries are per method: each entry's name must be a method the suite knows.
 PER_METHOD_KEYS = ("steps", "max_T", "hparams", "training")
 DTYPES = ("float32", "float16", "bfloat16")
+SUBJECT_METHODS = ("ROME", "MEMIT")  # they write at the subject's last token in the prompt
 
 
 def _dafnet_hparams_class() -> type:
@@ -98,13 +99,21 @@ def _check_hparams_overrides(method: str, overrides: dict) -> None:
             _fail(str(error))
 
 
-def check_records(cfg: CompareConfig, eval_file: str, n_records: int) -> None:
-    """The evaluation file holds the edits of the longest sequence and of the single-turn protocol:
-    a shorter file would score fewer edits than the rows say."""
+def check_records(cfg: CompareConfig, eval_file: str, records: list[dict]) -> None:
+    """The evaluation file holds the edits of the longest sequence and of the single-turn protocol (a
+    shorter file would score fewer edits than the rows say), each with a subject in its prompt where a
+    method edits at the subject (without one the host falls back to the prompt's first word)."""
     needs = {"n_single": cfg.n_single}
     if cfg.T:
         needs[f"T={max(cfg.T)} x sequences={cfg.sequences}"] = max(cfg.T) * cfg.sequences
+    source = f" (the last held_apart={cfg.held_apart} records of {cfg.eval})" if cfg.held_apart else ""
     for what, n in needs.items():
-        if n > n_records:
-            source = f" (the last held_apart={cfg.held_apart} records of {cfg.eval})" if cfg.held_apart else ""
-            _fail(f"{eval_file}{source} holds {n_records} records; {what} needs {n}")
+        if n > len(records):
+            _fail(f"{eval_file}{source} holds {len(records)} records; {what} needs {n}")
+    at_subject = [m for m in cfg.methods if m in SUBJECT_METHODS]
+    for i, record in enumerate(records[:max(needs.values())] if at_subject else []):
+        subject = record.get("subject")
+        if not subject or subject not in record["prompt"]:
+            found = f"its subject {subject!r} is not in" if subject else "it has no subject for"
+            _fail(f"{eval_file}{source} record {i}: {' and '.join(at_subject)} edit at the subject, but "
+                  f"{found} the prompt {record['prompt']!r}")

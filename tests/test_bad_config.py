@@ -95,3 +95,16 @@ def test_a_good_configuration_passes_the_checks_and_reaches_the_model(overrides)
     with pytest.raises(Exception) as stopped:
         compare.run(compare.load_config(None, None, overrides))
     assert "no-such-model" in str(stopped.value) and "configuration:" not in str(stopped.value)
+
+
+@pytest.mark.parametrize("change,found", [({"subject": ""}, "it has no subject for"),
+                                          ({"subject": "Atlantis"}, "its subject 'Atlantis' is not in")])
+def test_a_record_without_its_subject_in_the_prompt_stops_rome_and_memit(overrides, tmp_path, change, found):
+    records = json.loads((tmp_path / "val.json").read_text())
+    records[2].update(change)
+    (tmp_path / "val.json").write_text(json.dumps(records))
+    message = stops(overrides, "methods=[DAFNet,ROME,MEMIT]")
+    assert f"val.json record 2: ROME and MEMIT edit at the subject, but {found} the prompt" in message
+    with pytest.raises(Exception) as stopped:  # DAFNet alone does not read the subject: on to the model
+        compare.run(compare.load_config(None, None, overrides))
+    assert "no-such-model" in str(stopped.value)
