@@ -19,6 +19,7 @@ from .presets import CompareConfig
 # Keys whose entries are per method: each entry's name must be a method the suite knows.
 PER_METHOD_KEYS = ("steps", "max_T", "hparams", "training")
 DTYPES = ("float32", "float16", "bfloat16")
+TRAINED_METHODS = ("MEND", "SERAC")  # methods whose training the suite drives with training.<method>.*
 SUBJECT_METHODS = ("ROME", "MEMIT")  # they write at the subject's last token in the prompt
 
 
@@ -80,6 +81,8 @@ def check_config(cfg: CompareConfig) -> None:
             _fail(f"no data file at {path}")
     for method, overrides in cfg.hparams.items():
         _check_hparams_overrides(method, overrides)
+    for method, settings in cfg.training.items():
+        _check_training_settings(method, settings)
 
 
 def _check_hparams_overrides(method: str, overrides: dict) -> None:
@@ -97,6 +100,20 @@ def _check_hparams_overrides(method: str, overrides: dict) -> None:
             check_archive(archive, "hparams.DAFNet.archive")
         except (OSError, ValueError) as error:
             _fail(str(error))
+
+
+def _check_training_settings(method: str, settings: dict) -> None:
+    if method not in TRAINED_METHODS:  # DAFNet trains from its YAML; ROME and MEMIT do not train
+        _fail(f"training.{method}: only {', '.join(TRAINED_METHODS)} take training settings here")
+    from dafnet_plugin.host import import_easyeditor
+    if import_easyeditor() is None:  # the host is not installed: building the method will say so
+        return
+    from .methods.trained import training_keys
+    known = training_keys(method)
+    for key in settings:
+        if key not in known:
+            _fail(f"training.{method}.{key}: not a training setting of {method} "
+                  f"(see benchmarks.methods.trained.train_{method.lower()})")
 
 
 def check_records(cfg: CompareConfig, eval_file: str, records: list[dict]) -> None:

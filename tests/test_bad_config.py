@@ -56,6 +56,26 @@ def test_a_bad_setting_stops_the_run_naming_its_key(overrides, setting, expected
     assert re.search(expected, stops(overrides, setting))
 
 
+@pytest.mark.parametrize("setting,expected", [
+    ("training.MEND.learning_rate=1e-4", "training.MEND.learning_rate: not a training setting of MEND"),
+    ("training.SERAC.layers=last2", "training.SERAC.layers: not a training setting of SERAC"),
+    ("training.DAFNet.lr=1e-4", "training.DAFNet: only MEND, SERAC take training settings here"),
+])
+def test_a_training_setting_no_method_reads_is_named(overrides, setting, expected):
+    assert expected in stops(overrides, setting)
+
+
+def test_the_presets_training_settings_pass(overrides):
+    from benchmarks.config_checks import check_config
+    from benchmarks.presets import PRESETS
+
+    for name in ("smollm2-cf", "smollm2-zsre"):
+        cfg = compare.load_config(name, None, overrides)
+        cfg.training = PRESETS[name]["training"] | {"MEND": {**PRESETS[name]["training"]["MEND"], "layers": "last2",
+                                                             "edit_loss_on": "rephrase", "lr_scale": 1.5}}
+        check_config(cfg)
+
+
 def test_a_host_method_override_is_checked_against_the_host_hparams(overrides):
     message = stops(overrides, "hparams.ROME.v_num_grad_step=3")
     assert "hparams.ROME.v_num_grad_step: ROMEHyperParams has no field 'v_num_grad_step'" in message

@@ -627,6 +627,19 @@ class SeracMemory:
             self.executor.alg, self.unedited = self.unedited, None
 
 
+def training_keys(alg: str) -> set[str]:
+    """What ``training.<alg>.<key>`` may set: the keyword options of train_mend / train_serac, the fields
+    of the host's training hparams class (their ``overrides``), and MEND's editing-time ``lr_scale``."""
+    import dataclasses
+    import inspect
+
+    from easyeditor import MENDTrainingHparams, SERACTrainingHparams
+
+    train, training_class = {"MEND": (train_mend, MENDTrainingHparams), "SERAC": (train_serac, SERACTrainingHparams)}[alg]
+    options = {p.name for p in inspect.signature(train).parameters.values() if p.kind is p.KEYWORD_ONLY}
+    return options | {f.name for f in dataclasses.fields(training_class)} | ({"lr_scale"} if alg == "MEND" else set())
+
+
 def bind_fresh_executor(editor) -> None:
     """Give a ``BaseEditor`` for MEND or SERAC its own executor. The host's ``ALG_DICT`` holds one
     ``MendRewriteExecutor`` / ``SeracRewriteExecutor`` for the whole process, which loads the
