@@ -72,6 +72,9 @@ def check_config(cfg: CompareConfig) -> None:
     for key in ("max_T", "steps"):
         for method, value in getattr(cfg, key).items():
             _at_least_one(f"{key}.{method}", value)
+    for method in cfg.steps:
+        if method not in ("DAFNet", *TRAINED_METHODS):  # ROME and MEMIT train nothing
+            _fail(f"steps.{method}: {method} does not train; steps are for DAFNet, {', '.join(TRAINED_METHODS)}")
     if cfg.dtype not in DTYPES:
         _fail(f"dtype must be one of {', '.join(DTYPES)}, not '{cfg.dtype}'")
     if cfg.held_apart < 0:

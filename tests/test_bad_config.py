@@ -39,6 +39,7 @@ def stops(overrides: list[str], *more: str) -> str:
     ("max_T.Rome=10", r"max_T\.Rome: no method 'Rome'"),
     ("hparams.dafnet.archive=x.pt", r"hparams\.dafnet: no method 'dafnet'"),
     ("training.mend.lr=1e-4", r"training\.mend: no method 'mend'"),
+    ("steps.ROME=5", r"steps\.ROME: ROME does not train; steps are for DAFNet, MEND, SERAC"),
     ("T=[0]", r"each T must be at least 1, not 0"),
     ("T=[-1,10]", r"each T must be at least 1, not -1"),
     ("T=[4,4]", r"T lists 4 more than once"),
