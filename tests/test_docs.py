@@ -2,8 +2,9 @@
 
 A block runs in a fresh interpreter, in a scratch folder where ``hparams/`` is the repository's, with the
 hub switched off and a cache of its own (DAFNET_CACHE), never the user's. A block preceded by
-``<!-- docs-test: skip REASON -->`` (a GPU, a download) is skipped with that reason. Blocks on the built-in model run when it is in the cache; fetching it is the one download
-the project makes (``python -m dafnet_plugin.default_model``), so without it they are skipped saying so.
+``<!-- docs-test: skip REASON -->`` (a GPU, a download) is skipped with that reason. Blocks on the
+built-in model run when it is in the user's cache; fetching it is the one download the project makes
+(``python -m dafnet_plugin.default_model``), so without it they are skipped saying so.
 """
 from __future__ import annotations
 
