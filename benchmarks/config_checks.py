@@ -28,10 +28,15 @@ def _dafnet_hparams_class() -> type:
     return DAFNetHyperParams
 
 
+def _host():
+    """EasyEdit's package, or None where it is not installed (building a method then says so)."""
+    from dafnet_plugin.host import import_easyeditor
+    return import_easyeditor()
+
+
 def _host_hparams_class(name: str) -> Callable[[], type | None]:
     def load() -> type | None:
-        from dafnet_plugin.host import import_easyeditor
-        host = import_easyeditor()
+        host = _host()
         return getattr(host, name, None) if host is not None else None
     return load
 
@@ -91,7 +96,7 @@ def check_config(cfg: CompareConfig) -> None:
 def _check_hparams_overrides(method: str, overrides: dict) -> None:
     load = HPARAMS_CLASSES.get(method)
     hparams_class = load() if load else None
-    if hparams_class is None:  # the host is not installed: building the method will say so
+    if hparams_class is None:
         return
     fields = {f.name for f in dataclasses.fields(hparams_class)}
     for field in overrides:
@@ -108,8 +113,7 @@ def _check_hparams_overrides(method: str, overrides: dict) -> None:
 def _check_training_settings(method: str, settings: dict) -> None:
     if method not in TRAINED_METHODS:  # DAFNet trains from its YAML; ROME and MEMIT do not train
         _fail(f"training.{method}: only {', '.join(TRAINED_METHODS)} take training settings here")
-    from dafnet_plugin.host import import_easyeditor
-    if import_easyeditor() is None:  # the host is not installed: building the method will say so
+    if _host() is None:
         return
     from .methods.trained import training_keys
     known = training_keys(method)
