@@ -167,6 +167,7 @@ class DAFNetEditor(nn.Module):
         self.deltas: dict[str, torch.Tensor | None] = {}
         self.memory: dict[str, list[torch.Tensor]] = {}
         self.n_edits = 0
+        self.merges = 0  # merge() calls so far: a snapshot from before one cannot be restored
         self.reset()
         self._apply_deltas = True
         self._captured: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -212,9 +213,13 @@ class DAFNetEditor(nn.Module):
         """The sequence state now; ΔW and memory are replaced, never changed in place, so
         references suffice."""
         return {"deltas": dict(self.deltas), "memory": {n: list(m) for n, m in self.memory.items()},
-                "n_edits": self.n_edits, "protected": dict(self.protected)}
+                "n_edits": self.n_edits, "protected": dict(self.protected), "merges": self.merges}
 
     def restore(self, snap: dict) -> None:
+        if snap.get("merges", 0) != self.merges:
+            # its ΔW now lives in the model's weights too: restoring it would apply it twice
+            raise RuntimeError("this snapshot was taken before merge() folded ΔW into the model's weights; "
+                               "restore cannot undo a merge (reload the model's weights instead)")
         self.deltas = dict(snap["deltas"])
         self.protected = dict(snap["protected"])
         self.memory = {n: list(m) for n, m in snap["memory"].items()}
@@ -230,6 +235,7 @@ class DAFNetEditor(nn.Module):
                 continue
             module.weight += (delta.T if isinstance(module, nn.Linear) else delta).to(module.weight.dtype)
             self.deltas[name] = None
+        self.merges += 1
 
     # ----- editing -----------------------------------------------------------------------
     def gradient_signals(self, batch: EditBatch) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

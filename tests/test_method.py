@@ -107,12 +107,23 @@ def test_merge_folds_delta_into_weights(model_case):
     editor = DAFNetEditor(model, modules, TINY, init_edit_lr=1.0).eval()
     ids = tok(FACTS[1][0], return_tensors="pt").input_ids
     with torch.no_grad():
+        before_edit = editor.snapshot()
         editor.edit(tokenize_edits(tok, [FACTS[1][0]], ["Madrid"]))
+        edited = editor.snapshot()
         hooked = model(ids).logits
         editor.merge()
         assert all(d is None for d in editor.deltas.values())
         assert editor.memory[modules[0]][0].shape[0] == 1  # later edits still see this one
         torch.testing.assert_close(model(ids).logits, hooked, atol=1e-4, rtol=1e-4)
+        # a snapshot from before the merge would apply ΔW a second time (or leave it in the weights)
+        for snap in (edited, before_edit):
+            with pytest.raises(RuntimeError, match="before merge"):
+                editor.restore(snap)
+        torch.testing.assert_close(model(ids).logits, hooked, atol=1e-4, rtol=1e-4)
+        merged, merged_logits = editor.snapshot(), model(ids).logits
+        editor.edit(tokenize_edits(tok, [FACTS[2][0]], ["Rome"]))
+        editor.restore(merged)
+        torch.testing.assert_close(model(ids).logits, merged_logits, atol=0, rtol=0)
 
 
 def test_gate_trains_unless_detached(tiny_gpt2_dir):
