@@ -12,7 +12,6 @@ scores the one chosen.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -24,15 +23,17 @@ from dafnet_plugin.training import distinct_pool
 from .held_apart import write_if_changed
 from .presets import PRESETS
 
+DEV_SPLIT_SIZE = 100
+
 
 def dev_records(train_files: Sequence[str], trunk_pool: int, n: int) -> list[dict]:
-    """The last ``n`` records of ``train_files[0]`` (raw, in the file's form) outside DAFNet's training pool."""
+    """The last ``n`` records of ``train_files[0]`` (in EasyEdit's form) outside DAFNet's training pool."""
     sources = {Path(f).stem: load_records(f) for f in train_files}
     pool = [r for records in distinct_pool(sources, trunk_pool).values() for r in records]
     seen_edits = {(r["prompt"], r["target_new"]) for r in pool}
-    seen_subjects = {r["subject"] for r in pool}
-    outside = [r for r in json.loads(Path(train_files[0]).read_text())
-               if (r["prompt"], r["target_new"]) not in seen_edits and r["subject"] not in seen_subjects]
+    seen_subjects = {r.get("subject") for r in pool}
+    outside = [r for r in sources[Path(train_files[0]).stem]
+               if (r["prompt"], r["target_new"]) not in seen_edits and r.get("subject") not in seen_subjects]
     if len(outside) < n:
         raise ValueError(f"{train_files[0]}: only {len(outside)} records lie outside the first {trunk_pool} "
                          f"distinct training records; asked for {n}")
@@ -42,7 +43,7 @@ def dev_records(train_files: Sequence[str], trunk_pool: int, n: int) -> list[dic
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="smollm2-cf", help="whose training files and YAML to follow")
-    parser.add_argument("--n", type=int, default=100, help="records in the dev split")
+    parser.add_argument("--n", type=int, default=DEV_SPLIT_SIZE, help="records in the dev split")
     parser.add_argument("--out", help="default <DAFNET_CACHE or ~/.cache/dafnet-easyedit>/data/cf-dev-<n>.json")
     args = parser.parse_args(argv)
 

@@ -376,8 +376,11 @@ def _training_sequences(run: Callable) -> Callable:
             from .training import trunk_cache_for
             # trunk_cache_for reads only the pooled records of each source
             cache = trunk_cache_for(self.model.editor, tok, train_set.sources, self.config)
+        # the trainer's validation records are what the training log scores every dev_every steps
+        val_set = getattr(self, "val_set", None) or []
+        dev = [val_set[i] for i in range(min(len(val_set), self.config.dev_edits))]
         trainer = DAFNetTrainer(self.model.editor, tok, self.config,
-                                lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint, cache)
+                                lambda rng, k: train_set.sample_sequence(rng, k)[1], checkpoint, cache, dev)
         self.dafnet_trainer = trainer
         return trainer.run()
     call.__dafnet_wrapped__ = True

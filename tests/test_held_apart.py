@@ -73,6 +73,6 @@ def test_dev_split_lies_outside_dafnets_training_pool(tmp_path):
     # e-h lie outside it, and the last 3 of them form the split
     dev = dev_records([str(f) for f in files], 5, 3)
     assert [r["subject"] for r in dev] == ["f", "g", "h"]
-    assert dev[0] == cf[5]  # raw records, in the file's own form
+    assert dev[0] == cf[5]  # in EasyEdit's form, which a CounterFact file already has
     with pytest.raises(ValueError, match="only 4 records"):
         dev_records([str(f) for f in files], 5, 5)

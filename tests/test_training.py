@@ -139,3 +139,22 @@ def test_training_through_the_hosts_edit_trainer(tiny_gpt2_dir, tmp_path):
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5]
     archive = tmp_path / "results/models/DAFNet/tiny-gpt2.pt"
     assert torch.load(archive, weights_only=True)["step"] == 5
+
+
+def test_training_log_scores_the_dev_records_and_plots_itself(tiny_gpt2_dir, tmp_path):
+    """Every dev_every steps the log holds the final-protocol rewrite and locality of the dev records,
+    the same figures as editing them one by one and scoring afterwards; a plot sits beside the checkpoint."""
+    from conftest import final_accuracy
+    from dafnet_plugin.training import dev_scores
+
+    trainer = trainer_for(tiny_gpt2_dir, tmp_path, dev_every=2, dev_edits=6, model_save_pt=2)
+    trainer.dev_records = HELD_OUT[:6]
+    trainer.run(4)
+    log = [json.loads(line) for line in trainer.log_path.read_text().splitlines()]
+    assert [e["step"] for e in log if "dev/rewrite" in e] == [2, 4]
+    assert all(0 <= e["dev/rewrite"] <= 1 and 0 <= e["dev/locality"] <= 1 for e in log if "dev/rewrite" in e)
+    assert trainer.checkpoint.with_suffix(".training.png").stat().st_size > 10_000
+    scores = dev_scores(trainer.editor.eval(), trainer.tok, HELD_OUT[:6], 40)
+    assert scores["rewrite"] == pytest.approx(final_accuracy(trainer.editor, trainer.tok, HELD_OUT[:6]), abs=1e-6)
+    assert log[-1]["dev/rewrite"] == pytest.approx(scores["rewrite"], abs=1e-4)
+    assert trainer.editor.n_edits == 0  # scoring leaves no edit behind

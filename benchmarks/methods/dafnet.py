@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from dafnet_plugin import DAFNetHyperParams
 from dafnet_plugin.data.dafset import DAFSetDataset, MixtureDataset, load_records
 from dafnet_plugin.hparams import DAFNetTrainingHparams
 
+from ..dev_split import DEV_SPLIT_SIZE, dev_records
+from ..held_apart import write_if_changed
 from .context import Context
 
 
@@ -30,11 +33,24 @@ def prepare(ctx: Context) -> DAFNetHyperParams:
 
         start = time.perf_counter()
         sources = MixtureDataset({Path(p).stem: DAFSetDataset(p, config=config) for p in ctx.train_files})
-        first = next(iter(sources.sources.values()))
-        EditTrainer(config=config, train_set=sources, val_set=first).run()  # resumes a cut run
+        EditTrainer(config=config, train_set=sources, val_set=dev_set(ctx, config)).run()  # resumes a cut run
         write_budget(checkpoint, config, time.perf_counter() - start, ctx.train_files)
         (work / "done").touch()
     return from_archive(ctx, str(checkpoint))
+
+
+def dev_set(ctx: Context, config: DAFNetTrainingHparams) -> DAFSetDataset | list:
+    """The dev split (benchmarks.dev_split: training-side records outside the pool DAFNet trains on),
+    whose first dev_edits the training log scores; none where every training record is in the pool
+    (said on stderr)."""
+    try:
+        records = dev_records(ctx.train_files, config.trunk_pool, DEV_SPLIT_SIZE)
+    except ValueError as e:
+        print(f"[dafnet] no dev-split scores in the training log: {e}", file=sys.stderr)
+        return []
+    path = ctx.cache_dir("dev-split", config.trunk_pool, DEV_SPLIT_SIZE) / "dev.json"
+    write_if_changed(path, records)
+    return DAFSetDataset(path, config=config)
 
 
 def from_archive(ctx: Context, archive: str) -> DAFNetHyperParams:
