@@ -56,18 +56,24 @@ def subject_tokens(tok, prompt: str, subject: str) -> tuple[int, int]:
 def tokenize_edits(tok, prompts: Sequence[str], targets: Sequence[str], max_length: int = 128,
                    subjects: Sequence[str] | None = None) -> EditBatch:
     """Tokenise ``prompt + " " + target`` (EasyEdit's convention), right-padded, loss on the target.
-    With ``subjects``, the batch also marks each subject's tokens in its prompt."""
+    With ``subjects``, the batch also marks each subject's tokens in its prompt. A pair longer than
+    ``max_length`` is an error: cutting it would drop target tokens, and with them what the edit is for."""
     rows, labels, spans = [], [], []
     for i, (prompt, target) in enumerate(zip(prompts, targets)):
-        full = tok(f"{prompt} {target}", truncation=True, max_length=max_length)["input_ids"]
+        full = tok(f"{prompt} {target}")["input_ids"]
+        # at least one target token, even where the tokenizer merges the target into the prompt's end
         n_prompt = min(len(tok(prompt)["input_ids"]), len(full) - 1)
+        if len(full) > max_length:
+            raise ValueError(f"prompt {prompt!r} with target {target!r} is {len(full)} tokens ({n_prompt} + "
+                             f"{len(full) - n_prompt}), more than max_length {max_length}: raise max_length "
+                             f"in the hparams YAML to at least {len(full)}")
         rows.append(full)
         labels.append([-100] * n_prompt + full[n_prompt:])
         if subjects is not None:
             start, end = subject_tokens(tok, prompt, subjects[i])
             if end > n_prompt:
                 raise ValueError(f"subject {subjects[i]!r} of the prompt {prompt!r} ends past the "
-                                 f"{n_prompt} prompt tokens kept by max_length {max_length}")
+                                 f"prompt's {n_prompt} tokens")
             spans.append((start, end))
     width = max(map(len, rows))
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
