@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,20 @@ from .trunk import Trunk, TrunkCache, build_trunk_cache, cache_key, cached_seque
 
 Record = dict
 SequenceSource = Callable[[random.Random, int], Sequence[Record]]
+
+
+# The training settings that shape a run, recorded in each checkpoint (plain values, so that it still
+# loads with weights_only=True): a resume names the ones that changed instead of mixing two runs unsaid.
+RUN_SETTINGS = ("lr", "lr_lr", "max_sequence", "curriculum", "curriculum_patience", "curriculum_growth",
+                "curriculum_min_step", "curriculum_max_wait", "loss_ema", "cedit", "crephrase", "cloc",
+                "grad_clip", "max_length", "seed", "trunk_cache", "trunk_pool", "score_edits", "rows",
+                "inner_params", "fusion", "precondition", "n_layers", "inner_dim", "ffn_dim", "att_dim",
+                "att_heads", "gate_dim", "gate_heads")
+
+
+def run_settings(hp: DAFNetTrainingHparams) -> dict:
+    return {name: list(value) if isinstance(value, (list, tuple)) else value
+            for name in RUN_SETTINGS for value in [getattr(hp, name)]}
 
 
 class TrainingDiverged(RuntimeError):
@@ -167,7 +182,8 @@ class DAFNetTrainer:
 
     def state_dict(self) -> dict:
         return {"model": self.editor.state_dict(), "opt": self.opt.state_dict(),
-                "lr_opt": self.lr_opt.state_dict(), "curriculum": asdict(self.curriculum), "step": self.step}
+                "lr_opt": self.lr_opt.state_dict(), "curriculum": asdict(self.curriculum), "step": self.step,
+                "settings": run_settings(self.hp)}
 
     def save(self) -> None:
         partial = self.checkpoint.with_suffix(".partial")
@@ -175,12 +191,36 @@ class DAFNetTrainer:
         os.replace(partial, self.checkpoint)  # an interrupted save never spoils the last good one
 
     def resume(self, path: str | os.PathLike) -> None:
+        """Go on from the checkpoint at ``path``. Where this run's settings differ from the ones it
+        records, they are named once on stderr and the run goes on with this run's (a checkpoint from
+        before the record resumes with its own curriculum and learning rates, as it always did)."""
         state = torch.load(path, map_location=self.editor.edit_lrs.device, weights_only=True)
-        self.editor.load_state_dict(state["model"])
+        saved, current = state.get("settings"), run_settings(self.hp)
+        changed = [f"{name} {saved.get(name)!r} -> {value!r}" for name, value in current.items()
+                   if saved is not None and saved.get(name) != value]
+        try:
+            self.editor.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ValueError(f"{path}: the checkpoint's networks do not fit this run's "
+                             f"({'; '.join(changed) or 'no recorded setting differs'}): set them back "
+                             f"or train into another checkpoint path") from error
         self.opt.load_state_dict(state["opt"])
         self.lr_opt.load_state_dict(state["lr_opt"])
-        self.curriculum = Curriculum(**{**state["curriculum"], "max_wait": self.curriculum.max_wait})
+        fresh = self.curriculum
+        self.curriculum = Curriculum(**{**state["curriculum"], "max_wait": fresh.max_wait})
         self.step = state["step"]
+        if changed:
+            # the optimizers and the curriculum just took the saved values: this run's go back in
+            for optimizer, lr in ((self.opt, self.hp.lr), (self.lr_opt, self.hp.lr_lr)):
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+            progress = self.curriculum
+            k_max = fresh.k_max if self.hp.curriculum == "uniform" else min(progress.k_max, fresh.cap)
+            self.curriculum = Curriculum(**{**asdict(fresh), "k_max": k_max, "ema": progress.ema,
+                                            "best": progress.best, "best_step": progress.best_step,
+                                            "grown_step": progress.grown_step})
+            print(f"warning: resuming {path} at step {self.step} with changed training settings: "
+                  f"{'; '.join(changed)}; the run goes on with the new ones", file=sys.stderr)
 
     def train_step(self, k: int | None = None) -> dict[str, float]:
         """One sequence of k edits (default: drawn by the curriculum)."""

@@ -69,7 +69,8 @@ def test_checkpoint_loads_into_base_editor_hparams_and_gives_identical_edits(tin
     trainer = trainer_for(tiny_gpt2_dir, tmp_path, max_iters=6, model_save_pt=3)
     trainer.run()
     state = torch.load(tmp_path / "ck.pt", weights_only=True)  # nothing pickled
-    assert set(state) == {"model", "opt", "lr_opt", "curriculum", "step"}
+    assert set(state) == {"model", "opt", "lr_opt", "curriculum", "step", "settings"}
+    assert state["settings"]["lr"] == trainer.hp.lr and state["settings"]["inner_params"] == trainer.hp.inner_params
     assert not any(k.startswith("transformer.") for k in state["model"])  # no base-model weights
     hp = DAFNetHyperParams.from_hparams(str(REPO / "hparams/DAFNet/tiny-gpt2.yaml"))
     hp.model_name, hp.archive = str(tiny_gpt2_dir), str(tmp_path / "ck.pt")
@@ -100,6 +101,45 @@ def test_resume_continues_exactly_where_it_stopped(tiny_gpt2_dir, tmp_path):
     assert earlier == pytest.approx(sum(kept[s]["step_s"] for s in range(1, 5))) and earlier > 0
     for (name, a), b in zip(straight.editor.state_dict().items(), resumed.editor.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def settings_warnings(capsys) -> list[str]:
+    """The lines of stderr so far that name changed training settings (loading bars are on stderr too)."""
+    return [line for line in capsys.readouterr().err.splitlines() if "changed training settings" in line]
+
+
+def test_a_resume_with_changed_settings_names_them_once_and_goes_on_with_the_new_ones(tiny_gpt2_dir, tmp_path, capsys):
+    trainer_for(tiny_gpt2_dir, tmp_path, max_iters=4, model_save_pt=4).run()
+    same = trainer_for(tiny_gpt2_dir, tmp_path, max_iters=8)
+    assert same.step == 4 and settings_warnings(capsys) == []  # nothing changed: nothing said
+    resumed = trainer_for(tiny_gpt2_dir, tmp_path, max_iters=8, lr=2e-3, max_sequence=6, cloc=0.5)
+    warnings = settings_warnings(capsys)
+    assert len(warnings) == 1 and "at step 4" in warnings[0] and "goes on with the new ones" in warnings[0]
+    for change in ("lr 0.001 -> 0.002", "max_sequence 4 -> 6", "cloc 0.2 -> 0.5"):
+        assert change in warnings[0]
+    assert "lr_lr" not in warnings[0]
+    assert resumed.opt.param_groups[0]["lr"] == 2e-3 and resumed.lr_opt.param_groups[0]["lr"] == 1e-3
+    assert resumed.curriculum.cap == 6
+    resumed.run()
+    assert settings_warnings(capsys) == []  # said once, at the resume
+    assert torch.load(tmp_path / "ck.pt", weights_only=True)["settings"]["lr"] == 2e-3
+
+
+def test_a_checkpoint_without_recorded_settings_resumes_silently_with_its_own(tiny_gpt2_dir, tmp_path, capsys):
+    trainer_for(tiny_gpt2_dir, tmp_path, max_iters=4, model_save_pt=4).run()
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    del state["settings"]  # as written before checkpoints recorded them
+    torch.save(state, tmp_path / "ck.pt")
+    resumed = trainer_for(tiny_gpt2_dir, tmp_path, max_iters=8, lr=2e-3, max_sequence=6)
+    assert resumed.step == 4 and settings_warnings(capsys) == []
+    assert resumed.opt.param_groups[0]["lr"] == 1e-3 and resumed.curriculum.cap == 4
+
+
+def test_a_checkpoint_whose_networks_do_not_fit_names_the_changed_setting(tiny_gpt2_dir, tmp_path):
+    trainer_for(tiny_gpt2_dir, tmp_path, max_iters=2, model_save_pt=2).run()
+    with pytest.raises(ValueError, match=r"ck\.pt: the checkpoint's networks do not fit this run's "
+                                         r"\(fusion 'additive' -> 'convex'\)"):
+        trainer_for(tiny_gpt2_dir, tmp_path, fusion="convex")
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_gpt2_dir, tmp_path):
