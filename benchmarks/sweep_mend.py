@@ -35,6 +35,7 @@ from dafnet_plugin.default_model import cache_root as default_cache_root
 from .held_apart import split_held_apart, write_if_changed
 from .methods.trained import n_layers_of, parse_layers
 from .presets import SHARED_DATA
+from .saved_json import read_json, write_json
 
 # The host's MEND edits the last 3 layers' MLPs. The centre is a setting a few hundred CPU steps can
 # train: Adam at 1e-4 stepping every train step, and an initial edit step size (edit_lr, learned at
@@ -159,7 +160,7 @@ def sweep(model_path: str, records: list[dict], grid: dict[str, dict[str, Any]],
     write_if_changed(train_file, train)
     results_path = out / "sweep.json"
     setup = {"model": model_path, "n_train": len(train), "held_apart": [r["prompt"] for r in held]}
-    saved = json.loads(results_path.read_text()) if results_path.exists() else {}
+    saved = read_json(results_path) or {}
     rows = saved.get("rows", []) if saved.get("setup") == setup else []
     for name, change in grid.items():
         setting = {**CENTER, **change}
@@ -174,7 +175,7 @@ def sweep(model_path: str, records: list[dict], grid: dict[str, dict[str, Any]],
             row = {"name": name, **setting, "status": "failed", "error": f"{type(error).__name__}: {error}"}
         row["wall_s"] = round(time.perf_counter() - start, 1)
         rows.append(row)
-        results_path.write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
+        write_json(results_path, {"setup": setup, "rows": rows})
         (out / "sweep.md").write_text(table(rows, len(held), len(train)))
     (out / "sweep.md").write_text(table(rows, len(held), len(train)))
     return rows

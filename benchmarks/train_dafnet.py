@@ -22,6 +22,7 @@ from dafnet_plugin.data.dafset import DAFSetDataset, MixtureDataset, load_record
 from dafnet_plugin.hparams import DAFNetTrainingHparams
 
 from .protocols import run_sequences
+from .saved_json import read_json, write_json
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -69,13 +70,13 @@ def main() -> None:
 
     trainer = EditTrainer(config=config, train_set=train_set, val_set=DAFSetDataset(args.val, size=8, config=config))
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = read_json(results_path) or {}
     untrained = out / "untrained.pt"
     if not untrained.exists():
         torch.save({"model": trainer.model.editor.state_dict()}, untrained)
     if "before" not in results:
         results["before"] = score(edit_hparams, untrained, val_records, "untrained")
-        results_path.write_text(json.dumps(results, indent=1))
+        write_json(results_path, results)
 
     start = time.time()
     history = trainer.run()
@@ -83,7 +84,7 @@ def main() -> None:
                            "train_files": args.train, "sources": {n: len(s) for n, s in sources.items()}}
     checkpoint = trainer.dafnet_trainer.checkpoint
     results["after"] = score(edit_hparams, checkpoint, val_records, "trained")
-    results_path.write_text(json.dumps(results, indent=1))
+    write_json(results_path, results)
     log = [json.loads(line) for line in checkpoint.with_suffix(".log.jsonl").read_text().splitlines()]
     write_report(out, results, log)
 

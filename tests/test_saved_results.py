@@ -87,3 +87,45 @@ def test_a_suite_run_sets_a_damaged_results_file_aside(fake_suite, capsys):
     assert f"warning: {path} is damaged" in capsys.readouterr().err
     [kept] = path.parent.glob("results.json.damaged-*")
     assert kept.read_text() == '{"rows": [{"method": "DAFNet", "protocol": "single"'
+
+
+def test_dafnets_training_budget_cut_short_while_saving_keeps_the_previous_one(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks.methods.dafnet import write_budget
+
+    checkpoint = tmp_path / "tiny-gpt2.pt"
+    checkpoint.with_suffix(".log.jsonl").write_text("".join(
+        json.dumps({"step": step, "k": 2, "seconds": step, "run_started": 0}) + "\n" for step in (1, 2)))
+    train = tmp_path / "train.json"
+    train.write_text(json.dumps(to_counterfact(make_edits(6, split="train"))))
+    config = SimpleNamespace(lr=1e-3, max_sequence=4, curriculum="stall", trunk_cache=False, trunk_pool=6)
+    write_budget(checkpoint, config, 5.0, [str(train)])
+    budget = tmp_path / "tiny-gpt2.pt.budget.json"
+    saved = budget.read_text()
+    assert json.loads(saved)["training_steps"] == 2
+    cut_short(monkeypatch)
+    with pytest.raises(OSError):
+        write_budget(checkpoint, config, 7.0, [str(train)])
+    assert budget.read_text() == saved
+
+
+def test_a_mend_sweep_cut_short_while_saving_keeps_its_finished_settings(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
+    from benchmarks import sweep_mend
+
+    def scored(name, setting, *args):  # a setting's row, as run_setting gives it, without training
+        return {"name": name, **setting, "layer_ids": [0], "budget": None, "n_edits": 4, "rewrite_acc": 1.0,
+                "rephrase_acc": 0.5, "locality": 0.25, "gen_em": 1.0, "sec_per_edit": 0.01}
+    monkeypatch.setattr(sweep_mend, "run_setting", scored)
+    records, out = to_counterfact(make_edits(split="train"))[:30], tmp_path / "sweep"
+    first = sweep_mend.sweep("tiny", records, {"center": {}}, out, 4, tmp_path / "cache")
+    with monkeypatch.context() as patch:
+        cut_short(patch)
+        with pytest.raises(OSError):
+            sweep_mend.sweep("tiny", records, {"center": {}, "lr=1e-5": {"lr": 1e-5}}, out, 4, tmp_path / "cache")
+    assert json.loads((out / "sweep.json").read_text())["rows"] == first
+
+    (out / "sweep.json").write_text('{"setup": {"model": "tiny"')  # damaged by a write before they were atomic
+    rows = sweep_mend.sweep("tiny", records, {"center": {}}, out, 4, tmp_path / "cache")
+    assert [r["name"] for r in rows] == ["center"] and "sweep.json is damaged" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from dafnet_plugin.hparams import DAFNetTrainingHparams
 
 from ..dev_split import DEV_SPLIT_SIZE, dev_records
 from ..held_apart import write_if_changed
+from ..saved_json import write_json
 from .context import Context
 
 
@@ -99,4 +100,4 @@ def write_budget(checkpoint: Path, config: DAFNetTrainingHparams, seconds: float
               "train_file": [Path(f).name for f in train_files],
               "sequence_length": f"1..{config.max_sequence} ({config.curriculum})",
               "trunk_cache": config.trunk_cache}
-    Path(f"{checkpoint}.budget.json").write_text(json.dumps(budget, indent=1))
+    write_json(f"{checkpoint}.budget.json", budget)
