@@ -63,6 +63,9 @@ def check_config(cfg: CompareConfig) -> None:
     if not isinstance(cfg.methods, list):
         _fail(f"methods must be a list, e.g. methods=[{cfg.methods}], not '{cfg.methods}'")
     known = ", ".join(PREPARE)
+    for method in cfg.methods:
+        if method not in PREPARE:
+            _fail(f"methods: no method '{method}'; known: {known}")
     for key in PER_METHOD_KEYS:
         for method in getattr(cfg, key):
             if method not in PREPARE:

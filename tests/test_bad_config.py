@@ -35,6 +35,7 @@ def stops(overrides: list[str], *more: str) -> str:
 
 
 @pytest.mark.parametrize("setting,expected", [
+    ("methods=[DAFNet,Rome]", r"methods: no method 'Rome'; known: DAFNet, MEND, SERAC, ROME, MEMIT"),
     ("steps.Dafnet=5", r"steps\.Dafnet: no method 'Dafnet'; known: DAFNet, MEND, SERAC, ROME, MEMIT"),
     ("max_T.Rome=10", r"max_T\.Rome: no method 'Rome'"),
     ("hparams.dafnet.archive=x.pt", r"hparams\.dafnet: no method 'dafnet'"),

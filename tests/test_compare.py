@@ -11,6 +11,7 @@ from dafnet_plugin.data.builtin import make_edits, to_counterfact
 pytest.importorskip("easyeditor", reason="EasyEdit is not installed")
 
 from benchmarks import compare  # noqa: E402
+from benchmarks.methods import PREPARE  # noqa: E402
 
 ROW_KEYS = {"method", "protocol", "T", "n_edits", "rewrite_acc", "rephrase_acc", "locality", "gen_em",
             "sec_per_edit", "peak_mem_mb", "status", "error"}
@@ -23,11 +24,25 @@ def tiny_config(tiny_gpt2_dir, tmp_path):
     val.write_text(json.dumps(to_counterfact(make_edits(20, split="val"))))
     return compare.load_config(None, None, [
         "preset=tiny", f"model={tiny_gpt2_dir}", "hparams_name=tiny-gpt2", "dataset=builtin",
-        f"train=[{train}]", f"eval={val}", "methods=[DAFNet,NoSuchMethod]", "T=[4]", "n_single=3",
+        f"train=[{train}]", f"eval={val}", "methods=[DAFNet]", "T=[4]", "n_single=3",
         "sequences=1", "threads=1", f"out={tmp_path / 'run'}", f"cache={tmp_path / 'cache'}", "steps.DAFNet=6"])
 
 
-def test_suite_writes_results_table_and_plot(tiny_config, tmp_path):
+class PreparationFailed(RuntimeError):
+    pass
+
+
+@pytest.fixture
+def failing_mend(monkeypatch):
+    """MEND, a known method, fails while it is prepared (as a training that runs out of memory
+    would): the suite must record its rows as failed and go on."""
+    def prepare(ctx):
+        raise PreparationFailed("MEND's training stopped")
+    monkeypatch.setitem(PREPARE, "MEND", prepare)
+
+
+def test_suite_writes_results_table_and_plot(tiny_config, tmp_path, failing_mend):
+    tiny_config.methods = ["DAFNet", "MEND"]
     results = compare.run(tiny_config)
     out = tmp_path / "run"
     saved = json.loads((out / "results.json").read_text())
@@ -39,8 +54,9 @@ def test_suite_writes_results_table_and_plot(tiny_config, tmp_path):
     assert ok == {("single", 1), ("immediate", 4), ("final", 4)}
     dafnet_final = next(r for r in saved["rows"] if r["method"] == "DAFNet" and r["protocol"] == "final")
     assert dafnet_final["n_edits"] == 4 and 0 <= dafnet_final["rewrite_acc"] <= 1 and dafnet_final["sec_per_edit"] > 0
-    failed = [r for r in saved["rows"] if r["method"] == "NoSuchMethod"]
-    assert len(failed) == 3 and all(r["status"] == "failed" and "NoSuchMethod" in r["error"] for r in failed)
+    failed = [r for r in saved["rows"] if r["method"] == "MEND"]
+    assert len(failed) == 3 and all(r["status"] == "failed" and r["error"].startswith(
+        "PreparationFailed: MEND's training stopped") for r in failed)
     assert "| 4 | final | DAFNet |" in (out / "results.md").read_text()
     assert (out / "metrics.png").stat().st_size > 1000
     assert results["rows"] == saved["rows"]
@@ -60,8 +76,8 @@ def test_suite_resumes_without_redoing_finished_rows(tiny_config, monkeypatch):
         ("single", 1), ("immediate", 4), ("final", 4), ("immediate", 2), ("final", 2)}
 
 
-def test_resume_refuses_rows_from_another_setup(tiny_config):
-    tiny_config.methods = ["NoSuchMethod"]  # fails at once, but writes results.json with its setup
+def test_resume_refuses_rows_from_another_setup(tiny_config, failing_mend):
+    tiny_config.methods = ["MEND"]  # fails at once, but writes results.json with its setup
     compare.run(tiny_config)
     tiny_config.n_single = 5
     with pytest.raises(SystemExit, match="n_single"):
@@ -118,10 +134,10 @@ def test_a_dafnet_archive_given_edits_as_it_is_and_nothing_is_trained(tiny_confi
         build("DAFNet", ctx, {"archive": str(tmp_path / "missing.pt")})
 
 
-def test_demo_sets_aside_results_made_with_other_settings(tiny_config, tmp_path):
+def test_demo_sets_aside_results_made_with_other_settings(tiny_config, tmp_path, failing_mend):
     from benchmarks.demo import set_aside_stale_results
 
-    tiny_config.methods = ["NoSuchMethod"]
+    tiny_config.methods = ["MEND"]  # fails at once, but writes results.json with its setup
     compare.run(tiny_config)
     set_aside_stale_results(tiny_config)  # same settings: kept, so the run resumes
     assert (tmp_path / "run" / "results.json").exists()
