@@ -115,14 +115,34 @@ def _write_bpe_files(out: Path) -> None:
 
 
 def resolve_model(name_or_path: str) -> str:
-    """Map the built-in name to its cached folder; check local paths; pass hub names through."""
+    """Map the built-in name to its cached folder; check local paths; pass hub names through,
+    unless the hub is off and its cache does not hold the model."""
     if name_or_path == DEFAULT_MODEL_NAME:
         return default_model_path()
     if os.path.isdir(os.path.expanduser(name_or_path)):
         return os.path.expanduser(name_or_path)
     if _looks_local(name_or_path):
         raise FileNotFoundError(f"model folder not found: {name_or_path}")
+    if _hub_offline() and not _in_hub_cache(name_or_path):
+        # transformers would fail later, deep in loading, with a message that names no model
+        raise FileNotFoundError(f"'{name_or_path}' is neither a local folder nor reachable offline "
+                                f"(HF_HUB_OFFLINE is set and the hub cache does not hold it): give a model folder")
     return name_or_path
+
+
+def _hub_offline() -> bool:
+    """Offline as the environment says now: huggingface_hub reads HF_HUB_OFFLINE once, at import."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES, is_offline_mode
+    now = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return is_offline_mode() or now.upper() in ENV_VARS_TRUE_VALUES
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid hub id either
+        return False
 
 
 def _looks_local(name: str) -> bool:

@@ -98,7 +98,10 @@ class _DAFNetMethod:
             raise ValueError(f"{path}: key 'inner_params' must name at least one weight to edit")
         if hp.archive:
             check_archive(hp.archive, f"{path}: key 'archive'")
-        hp.model_name = resolve_model(hp.model_name)
+        try:
+            hp.model_name = resolve_model(hp.model_name)
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{path}: key 'model_name': {error}") from None
         return hp
 
     def network_config(self) -> NetworkConfig:

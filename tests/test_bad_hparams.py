@@ -120,3 +120,25 @@ def test_an_empty_archive_path_is_said_once(tmp_path, capsys):
     path.write_text(TINY_YAML)  # null: the documented "no archive yet", no warning
     DAFNetHyperParams.from_hparams(str(path))
     assert capsys.readouterr().err == ""
+
+
+def test_a_hub_model_name_offline_and_not_cached_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    message = refused(tmp_path, with_value(TINY_YAML, "model_name", "someone/no-such-model"))
+    assert "key 'model_name': 'someone/no-such-model' is neither a local folder nor reachable offline" in message
+
+
+def test_a_hub_model_name_the_cache_holds_passes_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    # the layout huggingface_hub downloads into: a ref naming a snapshot that holds the files
+    repo = tmp_path / "hub" / "models--someone--cached-model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "h.yaml"
+    path.write_text(with_value(TINY_YAML, "model_name", "someone/cached-model"))
+    assert DAFNetHyperParams.from_hparams(str(path)).model_name == "someone/cached-model"
