@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from unittest import mock
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM, GPT2Tokenizer
 
 from dafnet_plugin import DAFNetEditor, NetworkConfig, tokenize_edits
 from dafnet_plugin.data.builtin import make_edits, to_counterfact
+from dafnet_plugin.editor import SUBJECT_ROWS
 from dafnet_plugin.network import DAFNetNetwork
 from dafnet_plugin.training import sequence_losses
 from dafnet_plugin.trunk import Trunk, build_trunk_cache, cached_sequence_losses, second_moments
@@ -98,9 +100,7 @@ def test_cached_trunk_losses_equal_the_full_model_path(arch, rows, tiny_gpt2_dir
     sequence = [8, 7, 11, 9]
     full = sequence_losses(editor, tok, [RECORDS[i] for i in sequence], 40)
     cached = cached_sequence_losses(editor, Trunk(editor), cache, sequence, sequence)
-    for name in ("edit", "rephrase", "loc"):
-        assert full[name].item() > 0 or name == "loc"
-        torch.testing.assert_close(cached[name], full[name], atol=1e-4, rtol=1e-4)
+    assert_same_losses(cached, full)
     # and gradients flow into the network from the cached path
     cached["edit"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in editor.networks.parameters())
@@ -109,6 +109,50 @@ def test_cached_trunk_losses_equal_the_full_model_path(arch, rows, tiny_gpt2_dir
     for _ in range(20):
         drawn = cache.draw(rng, 3)
         assert all(i < 7 for i in drawn) or all(i >= 7 for i in drawn)
+
+
+LOSS_TOLERANCE = 1e-4  # float32 sums in another order
+
+
+def assert_same_losses(cached: dict, full: dict) -> None:
+    for name in ("edit", "rephrase", "loc"):
+        assert full[name].item() > 0 or name == "loc"
+        torch.testing.assert_close(cached[name], full[name], atol=LOSS_TOLERANCE, rtol=LOSS_TOLERANCE)
+
+
+def differ(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether assert_same_losses would tell ``a`` from ``b``."""
+    return not torch.allclose(a, b, atol=LOSS_TOLERANCE, rtol=LOSS_TOLERANCE)
+
+
+def losses_of_all_edits_scored_on_some(editor: DAFNetEditor, tok, records: list, scored: list) -> dict:
+    """training.sequence_losses on the full model with the edits of all ``records`` but the prompts of
+    ``scored`` only (edit, rephrase and locality): what cached_sequence_losses computes for a scored
+    subset. sequence_losses edits with what it scores, so its edit call is given the whole sequence."""
+    subjects = [r["subject"] for r in records] if editor.rows in SUBJECT_ROWS else None
+    whole = tokenize_edits(tok, [r["prompt"] for r in records], [r["target_new"] for r in records], 40, subjects)
+    edit = editor.edit
+    with mock.patch.object(editor, "edit", lambda _scored_only, **options: edit(whole, **options)):
+        return sequence_losses(editor, tok, scored, 40)
+
+
+def test_cached_trunk_losses_with_a_scored_subset_and_protected_keys_equal_the_full_model_path(tiny_gpt2_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt2_dir).eval()
+    tok = GPT2Tokenizer.from_pretrained(tiny_gpt2_dir)
+    torch.manual_seed(0)  # the networks' initialisation, whatever ran before
+    editor = DAFNetEditor(model, GPT2_MODULES, TINY, init_edit_lr=1.0, precondition=True, protect_keys=1.0).eval()
+    cache = build_trunk_cache(editor, tok, {"a": RECORDS}, 40, torch.float32, batch_size=5)
+    editor.estimate_preconditioners(second_moments(editor, cache), 0.1)
+    sequence, scored = [8, 7, 11, 9], [11, 8]  # the scored edits are the sequence's third and first
+    full = losses_of_all_edits_scored_on_some(editor, tok, [RECORDS[i] for i in sequence],
+                                              [RECORDS[i] for i in scored])
+    assert_same_losses(cached_sequence_losses(editor, Trunk(editor), cache, sequence, scored), full)
+    # what the comparison rests on: the unscored edits change the scored losses, and so do protected keys
+    alone = sequence_losses(editor, tok, [RECORDS[i] for i in scored], 40)
+    assert differ(alone["edit"], full["edit"])
+    editor.protect_keys = 0.0
+    unprotected = cached_sequence_losses(editor, Trunk(editor), cache, sequence, scored)
+    assert differ(unprotected["edit"], full["edit"])
 
 
 def test_short_cached_training_makes_a_sequence_of_20_edits_hold(tiny_facts_model, tmp_path):
