@@ -239,6 +239,21 @@ def test_serac_trains_through_the_host_and_edits_through_base_editor(tiny_gpt2_d
     assert torch.equal(routed, base)
     assert (mixed.log_softmax(-1) - base.log_softmax(-1)).abs().max() > 1e-2
 
+    # the stored edit's own prompt, in scope, gets the counterfactual model's logits alone: the
+    # replacement model reading the stored edit before the prompt, at the prompt's positions
+    query = editor.tok([RECORDS[3]["prompt"]], return_tensors="pt")
+    with torch.no_grad(), cuda_strings_on_cpu():
+        serac.config.supervised = True
+        serac.scale.fill_(1.0)
+        _, stored, log_sims = serac.run_classifier(**query)
+        serac.scale.fill_(math.log(1 / 0.9) / max(-log_sims.max().item(), 1e-6))  # similarity 0.9: in scope
+        with_edit = serac.build_rep_input_tokens(query, stored)
+        counterfactual = serac.replacement(**with_edit).logits.float()[:, -query["input_ids"].shape[1]:]
+        base = serac.model(**query).logits.float()
+        routed = serac(**query)
+    assert torch.equal(routed, counterfactual)
+    assert (routed - base).abs().max() > 1e-2
+
 
 def test_minilm_classifier_is_found_when_installed():
     try:
