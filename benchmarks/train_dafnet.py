@@ -20,6 +20,7 @@ import dafnet_plugin  # registers DAFNet with EasyEdit
 from dafnet_plugin import DAFNetHyperParams
 from dafnet_plugin.data.dafset import DAFSetDataset, MixtureDataset, load_records
 from dafnet_plugin.hparams import DAFNetTrainingHparams
+from dafnet_plugin.training_plot import smoothed
 
 from .protocols import run_sequences
 from .saved_json import read_json, write_json
@@ -108,7 +109,7 @@ def write_report(out: Path, results: dict, log: list[dict]) -> None:
     if log:
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
         steps = [h["step"] for h in log]
-        smooth = _ema([h["loss"] for h in log])
+        smooth = smoothed([h["loss"] for h in log])
         ax[0].plot(steps, [h["loss/edit"] for h in log], alpha=0.3, label="edit NLL")
         ax[0].plot(steps, [h["loss/rephrase"] for h in log], alpha=0.3, label="rephrase NLL")
         ax[0].plot(steps, [h["loss/loc"] for h in log], alpha=0.3, label="locality KL")
@@ -118,14 +119,6 @@ def write_report(out: Path, results: dict, log: list[dict]) -> None:
         ax[1].set_xlabel("step"), ax[1].set_ylabel("curriculum k_max")
         fig.tight_layout()
         fig.savefig(out / "curve.png", dpi=120)
-
-
-def _ema(values: list[float], decay: float = 0.05) -> list[float]:
-    smoothed, current = [], values[0] if values else 0.0
-    for v in values:
-        current += decay * (v - current)
-        smoothed.append(current)
-    return smoothed
 
 
 if __name__ == "__main__":
