@@ -62,6 +62,8 @@ class ExactNorm(nn.Module):
         # rows do not drift.
         x = x.detach().double()
         n_b = x.shape[0]
+        if n_b == 0:  # a module no selected row reaches (the last layer at the subject's rows): nothing seen
+            return
         mean_b = x.mean(0)
         m2_b = ((x - mean_b) ** 2).sum(0)
         n_a = self.count.clone()

@@ -91,3 +91,18 @@ def test_subject_rows_refuse_an_edit_whose_subject_is_not_in_its_prompt(tiny_lla
                                     keep_original_weight=True)
     from dafnet_plugin import attached
     assert attached(model).n_edits == 1
+
+
+def test_a_module_no_selected_row_reaches_writes_nothing_and_stays_finite(tiny_llama_dir):
+    """The last layer's output at the subject reaches no later position, so its gradient signal there is
+    zero: training must not turn the empty signal into NaN statistics (it did), and the update is zero."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    tok = GPT2Tokenizer.from_pretrained(tiny_llama_dir)
+    editor = DAFNetEditor(model, LLAMA_MODULES, TINY, init_edit_lr=1.0, rows="subject_last").train()
+    signals = editor.gradient_signals(batch_of(tok))
+    assert len(signals[LLAMA_MODULES[0]][0]) == len(EDITS) and len(signals[LLAMA_MODULES[1]][0]) == 0
+    editor.edit(batch_of(tok))
+    for net in editor.networks.values():
+        assert torch.isfinite(net.norm.mean).all() and torch.isfinite(net.norm.m2).all()
+    assert torch.count_nonzero(editor.deltas[LLAMA_MODULES[1]]) == 0
+    assert torch.isfinite(editor.deltas[LLAMA_MODULES[0]]).all() and editor.deltas[LLAMA_MODULES[0]].abs().sum() > 0
