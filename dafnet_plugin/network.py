@@ -222,7 +222,9 @@ class DAFNetNetwork(nn.Module):
         weight = write * later                                                # (k,)
         gamma = keep.prod()
         new_vectors = [r.detach() for r in vectors]
-        lengths = torch.bincount(edit, minlength=n_edits).to(x.dtype)
+        # an edit no row reached (a module its rows do not reach) has length 0; clamped, its weight stays
+        # finite, where w / 0 made the backward pass NaN although no row reads it
+        lengths = torch.bincount(edit, minlength=n_edits).clamp(min=1).to(x.dtype)
         x_in, x_out = x.split([self.d_in, self.d_out], -1)
         x_out = x_out * (weight / lengths)[edit].unsqueeze(-1)
         if precondition is not None:

@@ -101,8 +101,10 @@ def test_a_module_no_selected_row_reaches_writes_nothing_and_stays_finite(tiny_l
     editor = DAFNetEditor(model, LLAMA_MODULES, TINY, init_edit_lr=1.0, rows="subject_last").train()
     signals = editor.gradient_signals(batch_of(tok))
     assert len(signals[LLAMA_MODULES[0]][0]) == len(EDITS) and len(signals[LLAMA_MODULES[1]][0]) == 0
-    editor.edit(batch_of(tok))
+    editor.edit(batch_of(tok), detach_past=False)
     for net in editor.networks.values():
         assert torch.isfinite(net.norm.mean).all() and torch.isfinite(net.norm.m2).all()
+    sum(d.square().sum() for d in editor.deltas.values()).backward()  # as training does: no NaN gradient
+    assert all(torch.isfinite(p.grad).all() for p in editor.parameters() if p.grad is not None)
     assert torch.count_nonzero(editor.deltas[LLAMA_MODULES[1]]) == 0
     assert torch.isfinite(editor.deltas[LLAMA_MODULES[0]]).all() and editor.deltas[LLAMA_MODULES[0]].abs().sum() > 0
