@@ -89,6 +89,12 @@ def tokenize_edits(tok, prompts: Sequence[str], targets: Sequence[str], max_leng
     )
 
 
+def edit_subjects(records: Sequence[dict], rows: str) -> list[str] | None:
+    """Each record's (or request's) subject where ``rows`` reads the subject's tokens; else None, since
+    only then does ``tokenize_edits`` need them."""
+    return [r["subject"] for r in records] if rows in SUBJECT_ROWS else None
+
+
 def token_rows(batch: EditBatch, rows: str) -> torch.Tensor:
     """(k, T) bool: the token rows of each edit that ``rows`` (one of ROWS) selects."""
     present = batch.attention_mask.bool()

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .editor import SUBJECT_ROWS, DAFNetEditor, attach, tokenize_edits
+from .editor import SUBJECT_ROWS, DAFNetEditor, attach, edit_subjects, tokenize_edits
 from .hparams import DAFNetHyperParams
 
 LOG = logging.getLogger(__name__)
@@ -252,9 +252,8 @@ def apply_dafnet_to_model(model, tok, requests: list[dict], hparams: DAFNetHyper
         for key in needed:
             if not request.get(key):
                 raise ValueError(f"DAFNet request {i} has no '{key}' (rows: {hparams.rows}): {request}")
-    subjects = [r["subject"] for r in requests] if hparams.rows in SUBJECT_ROWS else None
     batch = tokenize_edits(tok, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
-                           hparams.max_length, subjects)
+                           hparams.max_length, edit_subjects(requests, hparams.rows))
     with torch.no_grad():
         editor.edit(batch)
     if keep_original_weight or _HOST_RESTORES_BY_CALL:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .default_model import cache_root
-from .editor import SUBJECT_ROWS, DAFNetEditor, per_edit_nll, tokenize_edits
+from .editor import DAFNetEditor, edit_subjects, per_edit_nll, tokenize_edits
 from .hparams import DAFNetTrainingHparams
 from .training_plot import plot_training_log
 from .trunk import Trunk, TrunkCache, build_trunk_cache, cache_key, cached_sequence_losses, second_moments
@@ -95,8 +95,7 @@ def sequence_losses(editor: DAFNetEditor, tok, records: Sequence[Record], max_le
     """Edit the fresh model with the whole sequence at once (with graph) and score it."""
     model = editor.model
     targets = [r["target_new"] for r in records]
-    subjects = [r["subject"] for r in records] if editor.rows in SUBJECT_ROWS else None
-    edit = tokenize_edits(tok, [r["prompt"] for r in records], targets, max_length, subjects)
+    edit = tokenize_edits(tok, [r["prompt"] for r in records], targets, max_length, edit_subjects(records, editor.rows))
     rephrase = tokenize_edits(tok, [r["rephrase_prompt"] for r in records], targets, max_length)
     loc = tokenize_edits(tok, [r["locality_prompt"] for r in records],
                          [r["locality_ground_truth"] for r in records], max_length)
@@ -123,9 +122,8 @@ def dev_scores(editor: DAFNetEditor, tok, records: Sequence[Record], max_length:
     host's rewrite_acc) and the share of locality-answer tokens whose argmax is the unedited model's.
     The editor's sequence is empty afterwards."""
     model, device = editor.model, editor.edit_lrs.device
-    subjects = [r["subject"] for r in records] if editor.rows in SUBJECT_ROWS else None
     edit = tokenize_edits(tok, [r["prompt"] for r in records], [r["target_new"] for r in records],
-                          max_length, subjects).to(device)
+                          max_length, edit_subjects(records, editor.rows)).to(device)
     loc = tokenize_edits(tok, [r["locality_prompt"] for r in records],
                          [r["locality_ground_truth"] for r in records], max_length).to(device)
 

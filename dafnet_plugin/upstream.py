@@ -236,7 +236,7 @@ from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 
-from ...trainer.algs.dafnet import SUBJECT_ROWS, DAFNetHyperParams, attach, tokenize_edits
+from ...trainer.algs.dafnet import SUBJECT_ROWS, DAFNetHyperParams, attach, edit_subjects, tokenize_edits
 
 
 def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyperParams, copy: bool = False,
@@ -251,9 +251,8 @@ def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyper
         for key in needed:
             if not request.get(key):
                 raise ValueError(f"DAFNet request {i} has no '{key}' (rows: {hparams.rows}): {request}")
-    subjects = [r["subject"] for r in requests] if hparams.rows in SUBJECT_ROWS else None
     batch = tokenize_edits(tok, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
-                           hparams.max_length, subjects)
+                           hparams.max_length, edit_subjects(requests, hparams.rows))
     with torch.no_grad():
         editor.edit(batch)
     # the edit lives beside the weights, so the host restores by calling this (CALLABLE_RESTORE_ALGS)
@@ -262,7 +261,7 @@ def apply_dafnet_to_model(model, tok, requests: List[Dict], hparams: DAFNetHyper
 
 METHOD_INIT_SOURCE = '''"""DAFNet (Zhang et al., 2024, arXiv 2405.20588), the meta-learned sequential model editor: its
 auxiliary network, its state on a model, and its EditableModel for EditTrainer."""
-from .dafnet_editor import SUBJECT_ROWS, DAFNetEditor, attach, attached, tokenize_edits
+from .dafnet_editor import SUBJECT_ROWS, DAFNetEditor, attach, attached, edit_subjects, tokenize_edits
 from .dafnet_hparams import DAFNetHyperParams, DAFNetTrainingHparams
 from .dafnet_trainable import DAFNetTrainable
 '''
