@@ -21,6 +21,7 @@ and keeps finished rows, and two processes may run different variants into one -
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -49,11 +50,12 @@ STUDIES: dict[str, dict[str, dict]] = {
 }
 
 
-def mid_layers(model_path: str) -> list[str]:
+@functools.cache  # the training and the editing hparams of a variant both ask; the model loads once
+def mid_layers(model_path: str) -> tuple[str, ...]:
     """The weights MEMIT rewrites in this model (its layers scaled to the model's depth)."""
     model = AutoModelForCausalLM.from_pretrained(model_path)
     layout = model_layout(model)
-    return [f"{layout['rewrite_module_tmp'].format(i)}.weight" for i in rewrite_layers(layout)["MEMIT"]]
+    return tuple(f"{layout['rewrite_module_tmp'].format(i)}.weight" for i in rewrite_layers(layout)["MEMIT"])
 
 
 def configure(hp, variant: dict, model_path: str) -> None:
@@ -61,7 +63,7 @@ def configure(hp, variant: dict, model_path: str) -> None:
     for key, value in variant.items():
         if key == "layers":
             if value == "mid":
-                hp.inner_params = mid_layers(model_path)
+                hp.inner_params = list(mid_layers(model_path))
         else:
             setattr(hp, key, value)
 
